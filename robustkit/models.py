@@ -1,0 +1,139 @@
+"""A `Normalize` first layer and small reference models.
+
+Every model here starts with `Normalize`, so it takes inputs in [0, 1] pixel space
+and an attack's `eps` means the same thing whatever the data statistics are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from robustkit.data import MEAN_STD
+
+
+class Normalize(nn.Module):
+    """Map x in [0, 1] to (x - mean) / std per channel, as the model's first layer."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        if len(mean) != len(std) or any(s <= 0 for s in std):
+            raise ValueError(f"mean {mean!r} and std {std!r} must match; std > 0")
+        # Buffers, so they follow .to(device) and are saved with the state dict.
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean) / self.std
+
+
+def mnist_cnn(dataset: str = "mnist") -> nn.Sequential:
+    """The MNIST network of Madry et al. (2018): 2 conv (32, 64 filters, 5x5, max-pool)
+    + 2 fully connected layers (1024, 10). About 3.3 M parameters.
+
+    Reference:
+        Madry et al., "Towards Deep Learning Models Resistant to Adversarial
+        Attacks", ICLR 2018. https://arxiv.org/abs/1706.06083
+    """
+    return nn.Sequential(
+        Normalize(*MEAN_STD[dataset]),
+        nn.Conv2d(1, 32, 5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(64 * 7 * 7, 1024),
+        nn.ReLU(),
+        nn.Linear(1024, 10),
+    )
+
+
+def small_cnn(dataset: str = "mnist") -> nn.Sequential:
+    """A fast CNN for CPU runs: 2 strided conv (16, 32 filters, 4x4) + 2 fc (100, 10).
+
+    The network of Wong et al.'s MNIST experiments; about 0.17 M parameters and
+    roughly 20x fewer multiply-adds than `mnist_cnn`.
+
+    Reference:
+        Wong, Rice & Kolter, "Fast is better than free: Revisiting adversarial
+        training", ICLR 2020. https://arxiv.org/abs/2001.03994
+    """
+    return nn.Sequential(
+        Normalize(*MEAN_STD[dataset]),
+        nn.Conv2d(1, 16, 4, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 4, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(32 * 7 * 7, 100),
+        nn.ReLU(),
+        nn.Linear(100, 10),
+    )
+
+
+class PreActBlock(nn.Module):
+    """Pre-activation residual block: BN-ReLU-conv-BN-ReLU-conv, plus a shortcut."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.bn1, self.bn2 = nn.BatchNorm2d(c_in), nn.BatchNorm2d(c_out)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.shortcut = (
+            nn.Conv2d(c_in, c_out, 1, stride, bias=False)
+            if stride != 1 or c_in != c_out
+            else None
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(x))
+        shortcut = self.shortcut(out) if self.shortcut is not None else x
+        out = self.conv1(out)
+        out = self.conv2(F.relu(self.bn2(out)))
+        return out + shortcut
+
+
+def preact_resnet18(dataset: str = "cifar10", num_classes: int = 10) -> nn.Sequential:
+    """PreAct ResNet-18 for 32x32 colour images (the fast-AT CIFAR-10 network).
+
+    Reference:
+        He et al., "Identity Mappings in Deep Residual Networks", ECCV 2016.
+        https://arxiv.org/abs/1603.05027
+    """
+    blocks, c_in = [], 64
+    for c_out, stride in [(64, 1), (128, 2), (256, 2), (512, 2)]:
+        blocks += [PreActBlock(c_in, c_out, stride), PreActBlock(c_out, c_out, 1)]
+        c_in = c_out
+    return nn.Sequential(
+        Normalize(*MEAN_STD[dataset]),
+        nn.Conv2d(len(MEAN_STD[dataset][0]), 64, 3, 1, 1, bias=False),
+        *blocks,
+        nn.BatchNorm2d(512),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(512, num_classes),
+    )
+
+
+ARCHITECTURES = {
+    "mnist_cnn": mnist_cnn,
+    "small_cnn": small_cnn,
+    "preact_resnet18": preact_resnet18,
+}
+
+
+def create(arch: str, dataset: str = "mnist") -> nn.Sequential:
+    """Build the architecture named `arch` for `dataset` (with its Normalize layer)."""
+    if arch not in ARCHITECTURES:
+        raise ValueError(
+            f"unknown architecture {arch!r}: use one of {sorted(ARCHITECTURES)}"
+        )
+    if dataset not in MEAN_STD:
+        raise ValueError(f"unknown dataset {dataset!r}: use one of {sorted(MEAN_STD)}")
+    return ARCHITECTURES[arch](dataset)

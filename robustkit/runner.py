@@ -1,0 +1,109 @@
+"""Execute the notebooks with papermill, each with its results JSON beside it.
+
+    python -m robustkit.runner                     # every notebook, teaching defaults
+    python -m robustkit.runner --quick             # small parameters (minutes in all)
+    python -m robustkit.runner notebooks/00_setup_and_tour.ipynb -p EPOCHS 2
+
+Executed notebooks go to `outputs/NN_topic.ipynb`, results to `outputs/NN_topic.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from robustkit.utils import ROOT
+
+NOTEBOOK_DIR = ROOT / "notebooks"
+OUTPUT_DIR = ROOT / "outputs"
+
+# Small parameters per notebook: `make run QUICK=1` and the notebook tests use them.
+QUICK = {
+    "00_setup_and_tour.ipynb": dict(N_TRAIN=5_000, N_TEST=1_000, EPOCHS=5),
+}
+
+
+def notebooks() -> list[Path]:
+    """The numbered notebooks, in teaching order."""
+    return sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+
+
+def execute(
+    notebook: str | Path,
+    out_dir: str | Path = OUTPUT_DIR,
+    *,
+    parameters: dict | None = None,
+    quick: bool = False,
+    timeout: int | None = None,
+) -> dict:
+    """Run one notebook with papermill and return the results it recorded.
+
+    Parameters are, in increasing priority: the notebook's defaults, QUICK (when
+    `quick`), `parameters`. RESULTS_PATH is always set to `out_dir/<stem>.json`.
+    """
+    import papermill as pm  # heavy import, only for the runner
+
+    notebook = Path(notebook)
+    if quick and notebook.name not in QUICK:
+        raise ValueError(f"{notebook.name} has no entry in runner.QUICK")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results_path = out_dir / f"{notebook.stem}.json"
+    results_path.unlink(missing_ok=True)
+    params = {
+        **(QUICK[notebook.name] if quick else {}),
+        **(parameters or {}),
+        "RESULTS_PATH": str(results_path.resolve()),
+    }
+    pm.execute_notebook(
+        str(notebook),
+        str(out_dir / notebook.name),
+        parameters=params,
+        kernel_name="python3",
+        cwd=str(notebook.parent),
+        progress_bar=False,
+        execution_timeout=timeout,
+    )
+    if not results_path.exists():
+        raise RuntimeError(
+            f"{notebook.name} ran but wrote no results to {results_path}"
+        )
+    return json.loads(results_path.read_text())
+
+
+def _literal(text: str):
+    """A -p value as JSON when it parses (numbers, booleans, lists), else a string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "notebooks", nargs="*", type=Path, help="default: all, in order"
+    )
+    parser.add_argument("--quick", action="store_true", help="small parameters")
+    parser.add_argument("--out", type=Path, default=OUTPUT_DIR, help="output folder")
+    parser.add_argument(
+        "-p",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="override a parameter",
+    )
+    args = parser.parse_args(argv)
+    parameters = {name: _literal(value) for name, value in args.p}
+    for notebook in args.notebooks or notebooks():
+        print(f"running {notebook.name} -> {args.out / notebook.name}", flush=True)
+        results = execute(notebook, args.out, parameters=parameters, quick=args.quick)
+        print(json.dumps(results, indent=1, sort_keys=True), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""Train-or-load cache of models, keyed by a hash of their whole config.
+
+A notebook asks for a model by its config (architecture, data subset, recipe,
+seed); if a shipped checkpoint (`data/zoo/`) or a cached one (`.cache/zoo/`) was
+made from exactly that config by this library version, it is loaded, otherwise the
+model is trained once and cached. No notebook depends on another having run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import random
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+import robustkit
+from robustkit import models
+from robustkit.types import Device
+from robustkit.utils import ROOT, cache_dir, seed_everything
+
+SHIPPED_DIR = ROOT / "data" / "zoo"
+FORMAT = 1  # bump when the checkpoint layout changes
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is corrupt or was made from another config."""
+
+
+def config_key(name: str, config: dict) -> str:
+    """Hash of the name, the whole config and the library version (16 hex digits)."""
+    blob = json.dumps(
+        {
+            "name": name,
+            "config": config,
+            "version": robustkit.__version__,
+            "format": FORMAT,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def checkpoint_path(name: str, config: dict) -> Path:
+    """Where the cache keeps the checkpoint of `config`."""
+    return cache_dir() / "zoo" / f"{name}-{config_key(name, config)}.pt"
+
+
+def load_or_train(
+    name: str,
+    config: dict,
+    train_fn: Callable[[nn.Module, dict], dict],
+    *,
+    device: Device = "cpu",
+) -> tuple[nn.Module, dict]:
+    """Return the model of `config` and its metrics, training it only on a cache miss.
+
+    The model is `models.create(config["arch"], config["dataset"])`, initialized
+    under `config["seed"]`. On a miss, `train_fn(model, config)` trains it in place
+    (on `device`) and returns JSON metrics; both are saved. A corrupt or mismatched
+    checkpoint is reported with a warning and retrained, never silently reused. The
+    caller's RNG state is restored afterwards, so a hit and a miss leave the rest of
+    a notebook with the same random numbers.
+
+    Args:
+        name: Short name of the model (part of the file name), e.g. "baseline".
+        config: JSON-serializable dict with at least "arch", "dataset" and "seed".
+        train_fn: Trains the given model for `config`; returns a metrics dict.
+        device: Where the returned model lives (and where it trains on a miss).
+
+    Returns:
+        (model in eval mode on `device`, metrics dict).
+    """
+    for field in ("arch", "dataset", "seed"):
+        if field not in config:
+            raise ValueError(f"config {config!r} has no {field!r} entry")
+    json.dumps(config)  # a config that is not JSON cannot be hashed faithfully
+    key = config_key(name, config)
+    device = torch.device(device)
+    with _restored_rng(device):
+        for path, expected_sha in _candidates(name, key):
+            model = models.create(config["arch"], config["dataset"])
+            try:
+                metrics = _load(path, model, name, config, key, expected_sha)
+            except CheckpointError as err:
+                warnings.warn(f"{err}; training {name!r} again", stacklevel=2)
+                continue
+            return model.to(device).eval(), metrics
+        seed_everything(config["seed"])  # the initial weights depend on the seed only
+        model = models.create(config["arch"], config["dataset"]).to(device)
+        metrics = train_fn(model, config)
+        save(checkpoint_path(name, config), model, name, config, metrics)
+    return model.eval(), metrics
+
+
+def save(path: Path, model: nn.Module, name: str, config: dict, metrics: dict) -> None:
+    """Write a checkpoint atomically (weights, config and metrics; no pickled code)."""
+    payload = {
+        "format": FORMAT,
+        "name": name,
+        "key": config_key(name, config),
+        "config": json.dumps(config, sort_keys=True),
+        "metrics": json.dumps(metrics),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def _candidates(name: str, key: str) -> list[tuple[Path, str | None]]:
+    """Shipped checkpoint for `key` (with its manifest SHA-256), then the cache file."""
+    found = []
+    manifest = SHIPPED_DIR / "manifest.json"
+    if manifest.exists():
+        for entry in json.loads(manifest.read_text()):
+            if entry["name"] == name and entry["key"] == key:
+                found.append((SHIPPED_DIR / entry["file"], entry["sha256"]))
+    cached = cache_dir() / "zoo" / f"{name}-{key}.pt"
+    if cached.exists():
+        found.append((cached, None))
+    return found
+
+
+def _load(
+    path: Path,
+    model: nn.Module,
+    name: str,
+    config: dict,
+    key: str,
+    expected_sha: str | None,
+) -> dict:
+    try:
+        raw = path.read_bytes()
+        if expected_sha and hashlib.sha256(raw).hexdigest() != expected_sha:
+            raise CheckpointError(
+                f"checkpoint {path} does not match its SHA-256 in the "
+                "manifest (restore it with `git checkout -- data/zoo`)"
+            )
+        payload = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+        if (payload.get("format"), payload.get("key")) != (FORMAT, key) or json.loads(
+            payload["config"]
+        ) != json.loads(json.dumps(config)):
+            raise CheckpointError(f"checkpoint {path} was made from another config")
+        model.load_state_dict(payload["state_dict"])
+        return json.loads(payload["metrics"])
+    except CheckpointError:
+        raise
+    except Exception as err:  # noqa: BLE001 - zip, pickle, key and shape errors alike
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt ({type(err).__name__}: {err})"
+        ) from err
+
+
+@contextlib.contextmanager
+def _restored_rng(device: torch.device) -> Iterator[None]:
+    """Restore the random, NumPy and torch RNG states on exit."""
+    cuda = device.type == "cuda"
+    py, np_state, cpu = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    gpu = torch.cuda.get_rng_state_all() if cuda else None
+    try:
+        yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(np_state)
+        torch.set_rng_state(cpu)
+        if gpu is not None:
+            torch.cuda.set_rng_state_all(gpu)
