@@ -36,3 +36,19 @@ def mlp():
     """A seeded 2-layer MLP on 1x8x8 inputs."""
     torch.manual_seed(0)
     return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+
+
+@pytest.fixture(scope="session")
+def mnist_baseline(private_cache):
+    """The quick MNIST baseline (the config notebook 00 uses with QUICK parameters),
+    trained once per session through the zoo, and 500 test images."""
+    from functools import partial
+
+    from robustkit import data, training, zoo
+
+    cfg = training.config(n_train=5_000, epochs=5)
+    model, _ = zoo.load_or_train(
+        "baseline", cfg, partial(training.train_from_config, progress=False)
+    )
+    splits = data.load("mnist", n_train=0, n_test=500, seed=0)
+    return model, splits.x_test, splits.y_test

@@ -75,9 +75,10 @@ def test_mnist_subsets_are_seeded_and_disjoint():
     assert len(a.x_train) == 500 and len(a.x_val) == 100 and len(a.x_test) == 50
     assert torch.equal(a.x_train, b.x_train) and torch.equal(a.x_test, b.x_test)
     assert not torch.equal(a.x_train, c.x_train)
-    flat = lambda x: {
-        bytes(row) for row in (x * 255).to(torch.uint8).flatten(1).numpy()
-    }  # noqa: E731
+
+    def flat(x):
+        return {bytes(row) for row in (x * 255).to(torch.uint8).flatten(1).numpy()}
+
     assert not flat(a.x_train) & flat(a.x_val)  # validation is held out of training
 
 

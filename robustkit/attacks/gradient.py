@@ -1,0 +1,196 @@
+"""Gradient attacks with a fixed budget: FGSM, PGD (L-inf and L2), MI-FGSM."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from robustkit.attacks.core import (
+    check_args,
+    clip_to_bounds,
+    cross_entropy,
+    input_gradient,
+    lp_norm,
+    project,
+    random_init,
+    steepest_ascent,
+)
+from robustkit.types import Bounds, LossFn, Model, Norm
+
+
+def fgsm(
+    model: Model,
+    x: Tensor,
+    y: Tensor,
+    *,
+    eps: float,
+    targeted: bool = False,
+    loss_fn: LossFn = cross_entropy,
+    bounds: Bounds = (0.0, 1.0),
+) -> Tensor:
+    """Fast gradient sign method: one step of size eps along the gradient's sign.
+
+    x_adv = clip(x + eps * sign(grad_x loss(h(x), y))), or x - eps * sign(...) with
+    targeted=True, which descends the loss towards the target labels y.
+
+    Args:
+        model: Maps inputs in `bounds` to logits (N, K).
+        x: Clean inputs (N, C, H, W) in `bounds`.
+        y: True labels (N,), or target labels when targeted=True.
+        eps: L-inf radius, in input units (e.g. 0.3 or 8 / 255).
+        targeted: Move towards y instead of away from it.
+        loss_fn: Per-example loss (logits, y) -> (N,).
+        bounds: Valid input range.
+
+    Returns:
+        x_adv, detached, with ||x_adv - x||_inf <= eps.
+
+    Reference:
+        Goodfellow, Shlens & Szegedy, "Explaining and Harnessing Adversarial
+        Examples", ICLR 2015. https://arxiv.org/abs/1412.6572
+    """
+    check_args(x, y, eps=eps, bounds=bounds)
+    if eps == 0:
+        return x.clone()
+    sign = -1.0 if targeted else 1.0
+    grad = input_gradient(model, x, y, loss_fn)
+    return clip_to_bounds(x + sign * eps * grad.sign(), bounds).detach()
+
+
+def pgd(
+    model: Model,
+    x: Tensor,
+    y: Tensor,
+    *,
+    eps: float,
+    alpha: float,
+    steps: int,
+    norm: Norm = "linf",
+    random_start: bool = True,
+    restarts: int = 1,
+    targeted: bool = False,
+    loss_fn: LossFn = cross_entropy,
+    bounds: Bounds = (0.0, 1.0),
+) -> Tensor:
+    """Projected gradient descent on the loss, inside the eps-ball around x.
+
+    delta <- project(delta + alpha * steepest_ascent(grad), eps), then x + delta is
+    clipped to `bounds`; `targeted` descends the loss towards y instead. With
+    restarts > 1 each example keeps its worst case over the restarts: a success
+    (misclassified, or the target reached) if any restart found one, else the
+    highest loss. pgd(steps=1, alpha=eps, random_start=False) equals fgsm.
+
+    Args:
+        model: Maps inputs in `bounds` to logits (N, K).
+        x: Clean inputs (N, C, H, W) in `bounds`.
+        y: True labels (N,), or target labels when targeted=True.
+        eps: Radius of the threat model, in input units.
+        alpha: Step size per iteration (in the norm's units).
+        steps: Number of iterations.
+        norm: "linf" or "l2".
+        random_start: Start each restart from a uniform draw in the ball.
+        restarts: Independent runs; the worst case per example is kept.
+        targeted: Move towards y instead of away from it.
+        loss_fn: Per-example loss (logits, y) -> (N,): cross_entropy, margin, dlr.
+        bounds: Valid input range.
+
+    Returns:
+        x_adv, detached, with ||x_adv - x|| <= eps.
+
+    Reference:
+        Madry et al., "Towards Deep Learning Models Resistant to Adversarial
+        Attacks", ICLR 2018. https://arxiv.org/abs/1706.06083
+    """
+    check_args(
+        x,
+        y,
+        eps=eps,
+        norm=norm,
+        bounds=bounds,
+        alpha=alpha,
+        steps=steps,
+        restarts=restarts,
+    )
+    if eps == 0:
+        return x.clone()
+    sign = -1.0 if targeted else 1.0
+    best, best_success, best_loss = x.clone(), None, None
+    for _ in range(restarts):
+        delta = random_init(x, eps, norm) if random_start else torch.zeros_like(x)
+        delta = clip_to_bounds(x + delta, bounds) - x
+        for _ in range(steps):
+            grad = input_gradient(model, x + delta, y, loss_fn)
+            delta = project(
+                delta + sign * alpha * steepest_ascent(grad, norm), eps, norm
+            )
+            delta = clip_to_bounds(x + delta, bounds) - x
+        x_adv = (x + delta).detach()
+        if restarts == 1:
+            return x_adv
+        success, loss = _success_and_loss(model, x_adv, y, loss_fn, targeted)
+        if best_success is None:
+            best, best_success, best_loss = x_adv, success, loss
+            continue
+        # a success beats a failure; between equals, the higher loss wins
+        better = (success & ~best_success) | (
+            (success == best_success) & (loss > best_loss)
+        )
+        best = torch.where(better.view(-1, *[1] * (x.dim() - 1)), x_adv, best)
+        best_success, best_loss = (
+            best_success | success,
+            torch.where(better, loss, best_loss),
+        )
+    return best
+
+
+def mifgsm(
+    model: Model,
+    x: Tensor,
+    y: Tensor,
+    *,
+    eps: float,
+    alpha: float,
+    steps: int,
+    decay: float = 1.0,
+    targeted: bool = False,
+    loss_fn: LossFn = cross_entropy,
+    bounds: Bounds = (0.0, 1.0),
+) -> Tensor:
+    """Momentum iterative FGSM (L-inf): sign steps along an accumulated gradient.
+
+    g <- decay * g + grad / ||grad||_1 ;  delta <- clip_eps(delta + alpha * sign(g)).
+    The momentum stabilizes the direction, which helps examples transfer to other
+    models (black-box transfer attacks).
+
+    Reference:
+        Dong et al., "Boosting Adversarial Attacks with Momentum", CVPR 2018.
+        https://arxiv.org/abs/1710.06081
+    """
+    check_args(x, y, eps=eps, bounds=bounds, alpha=alpha, steps=steps)
+    if eps == 0:
+        return x.clone()
+    sign = -1.0 if targeted else 1.0
+    delta, g = torch.zeros_like(x), torch.zeros_like(x)
+    for _ in range(steps):
+        grad = input_gradient(model, x + delta, y, loss_fn)
+        l1 = grad.abs().flatten(1).sum(1).clamp_min(1e-12)
+        g = decay * g + grad / l1.view(-1, *[1] * (x.dim() - 1))
+        delta = project(delta + sign * alpha * g.sign(), eps, "linf")
+        delta = clip_to_bounds(x + delta, bounds) - x
+    return (x + delta).detach()
+
+
+@torch.no_grad()
+def _success_and_loss(
+    model: Model, x_adv: Tensor, y: Tensor, loss_fn: LossFn, targeted: bool
+) -> tuple[Tensor, Tensor]:
+    """Per example: did the attack succeed, and its loss (higher = better attack)."""
+    logits = model(x_adv)
+    pred = logits.argmax(1)
+    success = (pred == y) if targeted else (pred != y)
+    return success, loss_fn(logits, y) * (-1.0 if targeted else 1.0)
+
+
+def perturbation_norm(x_adv: Tensor, x: Tensor, norm: Norm = "linf") -> Tensor:
+    """Per-example ||x_adv - x|| (N,), handy for checking an attack stays in budget."""
+    return lp_norm(x_adv - x, norm)
