@@ -396,3 +396,39 @@ def _noise(
         hit = predict(model, x_rand) != y
         found[hit] = x_rand[hit]
     return found
+
+
+def strong_attacks(
+    eps: float,
+    *,
+    norm: Norm = "linf",
+    steps: int = 100,
+    n_targets: int = 9,
+    queries: int = 5000,
+    bounds: Bounds = (0.0, 1.0),
+) -> dict[str, Attack]:
+    """The attack set of a strong evaluation, for `worst_case`: APGD on
+    cross-entropy, targeted APGD on the DLR loss, and Square (scores only, L-inf).
+
+    With the defaults this is AutoAttack's standard ensemble less FAB-T (which rarely
+    adds anything once APGD-T has run). Smaller `n_targets` and `queries` make it
+    cheaper on a CPU; say so when reporting the number.
+    """
+    attack_set = {
+        "APGD-CE": partial(
+            attacks.apgd, eps=eps, steps=steps, norm=norm, bounds=bounds
+        ),
+        "APGD-T (DLR)": partial(
+            attacks.apgd_t,
+            eps=eps,
+            steps=steps,
+            norm=norm,
+            n_targets=n_targets,
+            bounds=bounds,
+        ),
+    }
+    if norm == "linf":
+        attack_set["Square"] = partial(
+            attacks.square, eps=eps, queries=queries, bounds=bounds
+        )
+    return attack_set

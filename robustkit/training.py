@@ -7,9 +7,11 @@ the clean input (standard training) or an attack's output (adversarial training)
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import NamedTuple
 
 import torch
@@ -29,6 +31,7 @@ HISTORY_KEYS = (
     "train_accuracy",
     "test_accuracy",
     "test_robust_accuracy",
+    "val_robust_accuracy",
     "seconds",
 )
 
@@ -145,6 +148,10 @@ def fit(
     objective: Objective = cross_entropy_objective,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     eval_attack: Attack | None = None,
+    val: tuple[Tensor, Tensor] | None = None,
+    val_attack: Attack | None = None,
+    keep_best: bool = False,
+    collapse_drop: float | None = None,
     amp: bool = False,
     progress: bool = True,
     callback: Callable[[dict], None] | None = None,
@@ -153,13 +160,22 @@ def fit(
 
     Each row has the keys of HISTORY_KEYS: epoch (1-based), lr (at the epoch's end),
     train_loss, train_accuracy (on the inputs trained on, adversarial if `attack`),
-    test_accuracy and test_robust_accuracy (under `eval_attack`; None when either is
-    missing), seconds (training time of the epoch, evaluation excluded).
+    test_accuracy and test_robust_accuracy (under `eval_attack`), val_robust_accuracy
+    (on the held batch `val` under `val_attack`), seconds (training time of the
+    epoch, evaluation excluded); a value not measured is None.
+
+    Two guards use the validation number. `keep_best` restores, at the end, the
+    weights of the epoch with the best robust validation accuracy (robust
+    overfitting, Rice et al. 2020). `collapse_drop` stops training and rolls back to
+    the best epoch as soon as robust validation accuracy falls more than this below
+    its best (catastrophic overfitting of FGSM training, Wong et al. 2020).
     `callback(row)` is called after each epoch (e.g. a live plot).
     """
     if not (isinstance(epochs, int) and epochs >= 0):
         raise ValueError(f"epochs must be a non-negative int, got {epochs!r}")
-    history = []
+    if (keep_best or collapse_drop is not None) and (val is None or val_attack is None):
+        raise ValueError("keep_best and collapse_drop need `val` and `val_attack`")
+    history, best, best_state = [], -1.0, None
     for epoch in tqdm(range(1, epochs + 1), desc="epochs", disable=not progress):
         start = time.perf_counter()
         train = run_epoch(
@@ -173,15 +189,13 @@ def fit(
             progress=progress,
             desc=f"epoch {epoch}",
         )
-        seconds = time.perf_counter() - start
-        row = dict(
+        row = dict.fromkeys(HISTORY_KEYS)
+        row.update(
             epoch=epoch,
             lr=opt.param_groups[0]["lr"],
             train_loss=train.loss,
             train_accuracy=train.accuracy,
-            test_accuracy=None,
-            test_robust_accuracy=None,
-            seconds=seconds,
+            seconds=time.perf_counter() - start,
         )
         if test_loader is not None:
             row["test_accuracy"] = evaluation.accuracy(model, test_loader)
@@ -189,9 +203,25 @@ def fit(
                 row["test_robust_accuracy"] = evaluation.robust_accuracy(
                     model, test_loader, eval_attack, progress=False
                 )
+        if val is not None and val_attack is not None:
+            row["val_robust_accuracy"] = evaluation.robust_accuracy(
+                model, [val], val_attack, progress=False
+            )
         history.append(row)
         if callback is not None:
             callback(row)
+        score = row["val_robust_accuracy"]
+        if score is not None and score > best:
+            best = score
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if (
+            collapse_drop is not None
+            and score is not None
+            and score < best - collapse_drop
+        ):
+            break  # catastrophic overfitting: roll back (below) to the best epoch
+    if best_state is not None and (keep_best or len(history) < epochs):
+        model.load_state_dict(best_state)
     return history
 
 
@@ -209,29 +239,134 @@ DEFAULT_CONFIG = dict(
     optimizer="adam",  # "adam" or "sgd" (momentum 0.9, weight decay 5e-4)
     lr=5e-3,  # peak learning rate
     schedule="cyclic",  # see lr_schedule
+    eps=None,  # L-inf training budget (adversarial recipes)
+    alpha=None,  # attack step size
+    attack_steps=None,  # attack iterations (1 for the FGSM recipes)
+    random_start=None,  # FGSM from a random point of the ball (FGSM-RS) or from x
+    beta=None,  # TRADES trade-off weight
+    eps_warmup=None,  # fraction of training over which eps (and alpha) ramp up from 0
+    guard=None,  # "best": keep the best robust-validation epoch; "collapse": also
+    #              stop and roll back when it collapses (catastrophic overfitting)
 )
-RECIPES = ("standard",)
+# Recipe defaults for MNIST at eps = 0.3 (the papers' settings); config() fills them.
+RECIPES = {
+    "standard": {},
+    "fgsm": dict(eps=0.3, alpha=0.375, attack_steps=1, random_start=False, guard=None),
+    "fgsm_rs": dict(
+        eps=0.3,
+        alpha=0.375,
+        attack_steps=1,
+        random_start=True,
+        guard="collapse",
+        epochs=10,
+    ),
+    "pgd": dict(
+        eps=0.3,
+        alpha=0.01,
+        attack_steps=40,
+        random_start=True,
+        guard="best",
+        epochs=10,
+        eps_warmup=0.2,
+    ),
+    "trades": dict(
+        eps=0.3,
+        alpha=0.01,
+        attack_steps=40,
+        beta=6.0,
+        guard="best",
+        epochs=10,
+        eps_warmup=0.2,
+    ),
+}
+VAL_BATCH = 1_000  # held-out examples the guards attack after each epoch
 
 
-def config(**overrides) -> dict:
-    """DEFAULT_CONFIG with `overrides`; unknown keys are an error, not a typo cached."""
+def config(recipe: str = "standard", **overrides) -> dict:
+    """A complete training config: DEFAULT_CONFIG, then the recipe's defaults, then
+    `overrides`. Unknown keys are an error rather than a typo silently cached."""
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}: use one of {sorted(RECIPES)}")
     unknown = set(overrides) - set(DEFAULT_CONFIG)
     if unknown:
         raise ValueError(
             f"unknown config keys {sorted(unknown)}: use {sorted(DEFAULT_CONFIG)}"
         )
-    cfg = {**DEFAULT_CONFIG, **overrides}
-    if cfg["recipe"] not in RECIPES:
-        raise ValueError(f"unknown recipe {cfg['recipe']!r}: use one of {RECIPES}")
-    return cfg
+    return {**DEFAULT_CONFIG, **RECIPES[recipe], **overrides, "recipe": recipe}
 
 
-def train_from_config(model: nn.Module, cfg: dict, *, progress: bool = True) -> dict:
+def recipe_parts(
+    cfg: dict, steps_per_epoch: int = 1
+) -> tuple[Attack | None, Objective]:
+    """The inner maximization (attack) and outer objective of a config's recipe.
+
+    standard: clean cross-entropy. fgsm / fgsm_rs: one FGSM step of size alpha, from x
+    or from a uniform point of the eps-ball (Wong et al. 2020). pgd: PGD with
+    random start (Madry et al. 2018). trades: PGD on KL(h(x) || h(x')), then
+    CE(h(x), y) + beta * KL(h(x) || h(x')) (Zhang et al. 2019).
+    """
+    from robustkit import attacks  # attacks imports nothing from here
+
+    recipe = cfg["recipe"]
+    if recipe == "standard":
+        return None, cross_entropy_objective
+    if recipe in ("fgsm", "fgsm_rs", "pgd"):
+        attack = partial(
+            attacks.pgd, steps=cfg["attack_steps"], random_start=cfg["random_start"]
+        )
+        objective = cross_entropy_objective
+    elif recipe == "trades":
+        attack = partial(attacks.trades_pgd, steps=cfg["attack_steps"])
+        objective = partial(trades_objective, beta=cfg["beta"])
+    else:
+        raise ValueError(f"unknown recipe {recipe!r}: use one of {sorted(RECIPES)}")
+    warmup = round((cfg["eps_warmup"] or 0) * cfg["epochs"] * steps_per_epoch)
+    return _ramped(attack, cfg["eps"], cfg["alpha"], warmup), objective
+
+
+def _ramped(attack: Callable, eps: float, alpha: float, warmup: int) -> Attack:
+    """`attack` with eps and alpha growing linearly over its first `warmup` calls
+    (one call per training batch): a large budget from the first step can stall
+    training at chance, with the model predicting one class."""
+    calls = itertools.count(1)
+
+    def ramped_attack(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        scale = min(1.0, next(calls) / warmup) if warmup > 0 else 1.0
+        return attack(model, x, y, eps=eps * scale, alpha=alpha * scale)
+
+    return ramped_attack
+
+
+def trades_objective(
+    model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor, *, beta: float
+) -> tuple[Tensor, Tensor]:
+    """TRADES: CE(h(x), y) + beta * KL(softmax h(x) || softmax h(x_adv)), batch mean.
+
+    Reference:
+        Zhang et al., "Theoretically Principled Trade-off between Robustness and
+        Accuracy", ICML 2019. https://arxiv.org/abs/1901.08573
+    """
+    logits, logits_adv = model(x), model(x_adv)
+    kl = F.kl_div(
+        F.log_softmax(logits_adv, 1), F.softmax(logits, 1), reduction="batchmean"
+    )
+    return F.cross_entropy(logits, y) + beta * kl, logits_adv
+
+
+def train_from_config(
+    model: nn.Module,
+    cfg: dict,
+    *,
+    progress: bool = True,
+    callback: Callable[[dict], None] | None = None,
+) -> dict:
     """Train `model` in place as `cfg` says (a zoo `train_fn`); return its metrics.
 
-    Loads the data subset of `cfg` on the model's device, builds the optimizer and
-    the per-batch schedule, and runs `fit`. Metrics: the history, the final test
-    accuracy on the full test set and the total training seconds.
+    Loads the data subset of `cfg` on the model's device, builds the optimizer, the
+    per-batch schedule and the recipe's attack and objective, and runs `fit`. With
+    a guard, PGD-20 accuracy on VAL_BATCH validation images is measured after each
+    epoch. Metrics: the history, the clean test accuracy on the full test set and
+    the total training seconds.
     """
     device = next(model.parameters()).device
     splits = data.load(
@@ -260,15 +395,34 @@ def train_from_config(model: nn.Module, cfg: dict, *, progress: bool = True) -> 
     scheduler = lr_schedule(
         opt, cfg["schedule"], epochs=cfg["epochs"], steps_per_epoch=len(train_loader)
     )
+    attack, objective = recipe_parts(cfg, len(train_loader))
+    guard = cfg["guard"]
+    if guard not in (None, "best", "collapse"):
+        raise ValueError(f"guard must be None, 'best' or 'collapse', got {guard!r}")
+    val = val_attack = None
+    if guard is not None:
+        from robustkit import attacks
+
+        val = (splits.x_val[:VAL_BATCH], splits.y_val[:VAL_BATCH])
+        val_attack = partial(
+            attacks.pgd, eps=cfg["eps"], alpha=2.5 * cfg["eps"] / 20, steps=20
+        )
     history = fit(
         model,
         train_loader,
         opt=opt,
         epochs=cfg["epochs"],
         test_loader=test_loader,
+        attack=attack,
+        objective=objective,
         scheduler=scheduler,
+        val=val,
+        val_attack=val_attack,
+        keep_best=guard is not None,
+        collapse_drop=0.2 if guard == "collapse" else None,
         amp=device.type == "cuda",
         progress=progress,
+        callback=callback,
     )
     return dict(
         history=history,

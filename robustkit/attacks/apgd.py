@@ -10,11 +10,10 @@ from torch import Tensor
 from robustkit.attacks.core import (
     LOSSES,
     check_args,
-    clip_to_bounds,
     dlr_targeted,
-    project,
     random_init,
     steepest_ascent,
+    threat_set,
 )
 from robustkit.types import Bounds, LossFn, Model, Norm
 
@@ -224,9 +223,7 @@ def _apgd(
         loss = objective(logits)
         return loss.detach(), torch.autograd.grad(loss.sum(), x_k)[0], logits.detach()
 
-    def to_ball(p: Tensor) -> Tensor:  # P: into the eps-ball around x, then the bounds
-        return clip_to_bounds(x + project(p - x, eps, norm), bounds)
-
+    to_ball = threat_set(x, eps, norm, bounds)  # P: into the eps-ball, then the bounds
     x_k = to_ball(x + random_init(x, eps, norm))
     loss, grad, logits = loss_and_grad(x_k)
     hit = success(logits)
@@ -241,9 +238,12 @@ def _apgd(
     halved_at_check = torch.zeros(n, dtype=torch.bool, device=x.device)
     x_prev = x_k
     for i in range(steps):
-        z = to_ball(x_k + expand(eta) * steepest_ascent(grad, norm))
-        a = 0.75 if i > 0 else 1.0  # momentum from the second step on
-        x_prev, x_k = x_k, to_ball(x_k + a * (z - x_k) + (1 - a) * (x_k - x_prev))
+        z = to_ball(torch.addcmul(x_k, expand(eta), steepest_ascent(grad, norm)))
+        if i == 0:  # no momentum on the first step
+            x_prev, x_k = x_k, z
+        else:  # x_k + a (z - x_k) + (1 - a)(x_k - x_prev) = lerp(2 x_k - x_prev, z, a)
+            momentum = torch.sub(x_k, x_prev).add_(x_k)
+            x_prev, x_k = x_k, to_ball(momentum.lerp_(z, 0.75))
         prev_loss = loss
         loss, grad, logits = loss_and_grad(x_k)
         hit_now = success(logits)

@@ -8,6 +8,8 @@ norm), `project` (back into the eps-ball) and `random_init` (a start inside it).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -118,6 +120,21 @@ def random_init(x: Tensor, eps: float, norm: Norm) -> Tensor:
 def clip_to_bounds(x: Tensor, bounds: Bounds) -> Tensor:
     """Clamp x into the valid input range."""
     return x.clamp(*bounds)
+
+
+def threat_set(
+    x: Tensor, eps: float, norm: Norm, bounds: Bounds
+) -> Callable[[Tensor], Tensor]:
+    """P(v): map a point v back into {x' : ||x' - x|| <= eps, x' in bounds}.
+
+    For L-inf the ball and the bounds are both boxes, so P is one clamp between
+    precomputed limits, the exact projection onto their intersection. For L2, v is
+    projected onto the ball around x, then clipped to the bounds.
+    """
+    if norm == "linf":
+        low, high = (x - eps).clamp_min(bounds[0]), (x + eps).clamp_max(bounds[1])
+        return lambda v: torch.clamp(v, low, high)
+    return lambda v: clip_to_bounds(x + project(v - x, eps, "l2"), bounds)
 
 
 def _per_example(values: Tensor, like: Tensor) -> Tensor:

@@ -56,17 +56,14 @@ def cw_l2(
     elif not c >= 0:
         raise ValueError(f"c must be >= 0, got {c!r}")
     lo, hi = bounds
-    to_x = lambda w: lo + (hi - lo) * (torch.tanh(w) + 1) / 2  # noqa: E731
-    # atanh of x mapped to (-1, 1), shrunk a little so pixels at the bounds stay finite
-    w = (
-        torch.atanh(((x - lo) / (hi - lo) * 2 - 1) * (1 - 1e-6))
-        .detach()
-        .requires_grad_(True)
-    )
-    opt = torch.optim.Adam([w], lr=lr)
+    mid, half = x.new_tensor((hi + lo) / 2), (hi - lo) / 2
+    # x' = mid + half * tanh(w); start at w = atanh((x - mid) / half), shrunk a little
+    # so pixels at the bounds stay finite
+    w = torch.atanh((x - mid) / half * (1 - 1e-6)).detach().requires_grad_(True)
+    opt = torch.optim.Adam([w], lr=lr, fused=_fused_ok(x))
     best, best_l2 = x.clone(), torch.full((len(x),), float("inf"), device=x.device)
     for _ in range(steps):
-        x_adv = to_x(w)
+        x_adv = torch.add(mid, torch.tanh(w), alpha=half)
         logits = model(x_adv)
         l2_sq = (x_adv - x).flatten(1).pow(2).sum(1)
         gap = margin(logits, y) * (-1.0 if targeted else 1.0)  # > 0 iff success
@@ -134,3 +131,10 @@ def cw_l2_search(
         c_lo = torch.where(success, c_lo, torch.maximum(c_lo, c))
         c = torch.where(torch.isinf(c_hi), c * 10, (c_lo + c_hi) / 2)
     return best.detach()
+
+
+def _fused_ok(x: Tensor) -> bool | None:
+    """Use the fused Adam kernel where PyTorch has one for this device and dtype."""
+    return (
+        True if x.device.type in ("cpu", "cuda") and x.dtype == torch.float32 else None
+    )

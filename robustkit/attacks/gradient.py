@@ -11,9 +11,9 @@ from robustkit.attacks.core import (
     cross_entropy,
     input_gradient,
     lp_norm,
-    project,
     random_init,
     steepest_ascent,
+    threat_set,
 )
 from robustkit.types import Bounds, LossFn, Model, Norm
 
@@ -54,7 +54,7 @@ def fgsm(
         return x.clone()
     sign = -1.0 if targeted else 1.0
     grad = input_gradient(model, x, y, loss_fn)
-    return clip_to_bounds(x + sign * eps * grad.sign(), bounds).detach()
+    return clip_to_bounds(torch.add(x, grad.sign(), alpha=sign * eps), bounds).detach()
 
 
 def pgd(
@@ -74,8 +74,9 @@ def pgd(
 ) -> Tensor:
     """Projected gradient descent on the loss, inside the eps-ball around x.
 
-    delta <- project(delta + alpha * steepest_ascent(grad), eps), then x + delta is
-    clipped to `bounds`; `targeted` descends the loss towards y instead. With
+    x_adv <- P(x_adv + alpha * steepest_ascent(grad)), where P projects onto the
+    eps-ball around x and clips to `bounds` (`core.threat_set`); `targeted` descends
+    the loss towards y instead. With
     restarts > 1 each example keeps its worst case over the restarts: a success
     (misclassified, or the target reached) if any restart found one, else the
     highest loss. pgd(steps=1, alpha=eps, random_start=False) equals fgsm.
@@ -114,17 +115,16 @@ def pgd(
     if eps == 0:
         return x.clone()
     sign = -1.0 if targeted else 1.0
+    into_set = threat_set(x, eps, norm, bounds)
     best, best_success, best_loss = x.clone(), None, None
     for _ in range(restarts):
-        delta = random_init(x, eps, norm) if random_start else torch.zeros_like(x)
-        delta = clip_to_bounds(x + delta, bounds) - x
+        x_adv = into_set(x + random_init(x, eps, norm)) if random_start else x
         for _ in range(steps):
-            grad = input_gradient(model, x + delta, y, loss_fn)
-            delta = project(
-                delta + sign * alpha * steepest_ascent(grad, norm), eps, norm
+            grad = input_gradient(model, x_adv, y, loss_fn)
+            x_adv = into_set(
+                torch.add(x_adv, steepest_ascent(grad, norm), alpha=sign * alpha)
             )
-            delta = clip_to_bounds(x + delta, bounds) - x
-        x_adv = (x + delta).detach()
+        x_adv = x_adv.detach()
         if restarts == 1:
             return x_adv
         success, loss = _success_and_loss(model, x_adv, y, loss_fn, targeted)
@@ -158,7 +158,7 @@ def mifgsm(
 ) -> Tensor:
     """Momentum iterative FGSM (L-inf): sign steps along an accumulated gradient.
 
-    g <- decay * g + grad / ||grad||_1 ;  delta <- clip_eps(delta + alpha * sign(g)).
+    g <- decay * g + grad / ||grad||_1 ;  x_adv <- P(x_adv + alpha * sign(g)).
     The momentum stabilizes the direction, which helps examples transfer to other
     models (black-box transfer attacks).
 
@@ -170,14 +170,52 @@ def mifgsm(
     if eps == 0:
         return x.clone()
     sign = -1.0 if targeted else 1.0
-    delta, g = torch.zeros_like(x), torch.zeros_like(x)
+    into_set = threat_set(x, eps, "linf", bounds)
+    x_adv, g = x, torch.zeros_like(x)
     for _ in range(steps):
-        grad = input_gradient(model, x + delta, y, loss_fn)
+        grad = input_gradient(model, x_adv, y, loss_fn)
         l1 = grad.abs().flatten(1).sum(1).clamp_min(1e-12)
         g = decay * g + grad / l1.view(-1, *[1] * (x.dim() - 1))
-        delta = project(delta + sign * alpha * g.sign(), eps, "linf")
-        delta = clip_to_bounds(x + delta, bounds) - x
-    return (x + delta).detach()
+        x_adv = into_set(torch.add(x_adv, g.sign(), alpha=sign * alpha))
+    return x_adv.detach()
+
+
+def trades_pgd(
+    model: Model,
+    x: Tensor,
+    y: Tensor,
+    *,
+    eps: float,
+    alpha: float,
+    steps: int,
+    bounds: Bounds = (0.0, 1.0),
+) -> Tensor:
+    """TRADES' inner maximization: L-inf PGD on KL(softmax h(x) || softmax h(x')).
+
+    Starts from x + 0.001 * N(0, I) (the KL is flat at x' = x) and ignores y: it
+    pushes the prediction away from the model's own clean prediction.
+
+    Reference:
+        Zhang et al., "Theoretically Principled Trade-off between Robustness and
+        Accuracy", ICML 2019. https://arxiv.org/abs/1901.08573
+    """
+    check_args(x, y, eps=eps, bounds=bounds, alpha=alpha, steps=steps)
+    if eps == 0:
+        return x.clone()
+    with torch.no_grad():
+        p_clean = torch.softmax(model(x), 1)
+
+    def kl(logits: Tensor, _: Tensor) -> Tensor:  # per example
+        return (p_clean * (p_clean.clamp_min(1e-12).log() - logits.log_softmax(1))).sum(
+            1
+        )
+
+    into_set = threat_set(x, eps, "linf", bounds)
+    x_adv = into_set(x + 0.001 * torch.randn_like(x))
+    for _ in range(steps):
+        grad = input_gradient(model, x_adv, y, kl)
+        x_adv = into_set(torch.add(x_adv, grad.sign(), alpha=alpha))
+    return x_adv.detach()
 
 
 @torch.no_grad()
