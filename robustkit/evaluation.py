@@ -94,6 +94,7 @@ def worst_case(
     *,
     independent: bool = False,
     progress: bool = True,
+    desc: str = "worst case",
 ) -> WorstCase:
     """Robust accuracy against a set of attacks, counted per example.
 
@@ -107,7 +108,7 @@ def worst_case(
     if not attack_set:
         raise ValueError("attack_set is empty: give at least one attack")
     counts, clean_parts, robust_parts = dict.fromkeys(attack_set, 0), [], []
-    for x, y in tqdm(loader, desc="worst case", leave=False, disable=not progress):
+    for x, y in tqdm(loader, desc=desc, leave=False, disable=not progress):
         clean = predict(model, x) == y
         robust = clean.clone()
         for name, attack in attack_set.items():
@@ -151,6 +152,9 @@ class SanityReport(list):
 
     def failed(self) -> list[str]:
         return [check.name for check in self if not check.passed]
+
+    def __repr__(self) -> str:
+        return str(self)
 
     def __str__(self) -> str:
         width = max(len(c.name) for c in self)

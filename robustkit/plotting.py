@@ -69,3 +69,130 @@ def history(rows: list[dict]) -> Figure:
     ax_acc.legend()
     fig.tight_layout()
     return fig
+
+
+def attack_panel(
+    model,
+    x: Tensor,
+    x_adv: Tensor,
+    classes: Sequence[str],
+    *,
+    amplify: float | None = None,
+) -> Figure:
+    """Per row: the clean image, the perturbation (amplified to the full grey
+    range), the adversarial image, and both predicted class distributions."""
+    import torch
+
+    with torch.no_grad():
+        p_clean = torch.softmax(model(x), 1).cpu()
+        p_adv = torch.softmax(model(x_adv), 1).cpu()
+    delta = (x_adv - x).detach().cpu()
+    scale = amplify or 0.5 / max(delta.abs().max().item(), 1e-12)
+    n = len(x)
+    fig = new_figure((8, 1.6 * n))
+    axes = fig.subplots(
+        n, 4, squeeze=False, gridspec_kw={"width_ratios": [1, 1, 1, 2.2]}
+    )
+
+    def show(ax, img: Tensor, title: str) -> None:
+        ax.imshow(img.permute(1, 2, 0).squeeze(-1), cmap="gray", vmin=0, vmax=1)
+        ax.set_title(title, fontsize=8)
+        ax.axis("off")
+
+    ticks = range(p_clean.shape[1])
+    for i in range(n):
+        show(axes[i, 0], x[i].cpu(), f"clean: {classes[p_clean[i].argmax()]}")
+        show(
+            axes[i, 1],
+            (0.5 + scale * delta[i]).clamp(0, 1),
+            f"perturbation x{scale:.0f}",
+        )
+        show(
+            axes[i, 2],
+            x_adv[i].detach().cpu(),
+            f"adversarial: {classes[p_adv[i].argmax()]}",
+        )
+        ax = axes[i, 3]
+        ax.bar([t - 0.2 for t in ticks], p_clean[i], width=0.4, label="clean")
+        ax.bar([t + 0.2 for t in ticks], p_adv[i], width=0.4, label="adversarial")
+        ax.set_xticks(list(ticks), classes, fontsize=7)
+        ax.set_ylim(0, 1)
+        ax.tick_params(axis="y", labelsize=7)
+        if i == 0:
+            ax.legend(fontsize=7)
+            ax.set_title("class probabilities", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def curves(
+    x_values: Sequence[float],
+    series: dict[str, Sequence[float]],
+    *,
+    xlabel: str = "eps",
+    ylabel: str = "accuracy",
+    title: str = "",
+    ylim: tuple[float, float] | None = (0, 1.01),
+) -> Figure:
+    """One line per named series over shared x values (e.g. accuracy vs eps)."""
+    fig = new_figure((5, 3))
+    ax = fig.subplots()
+    for name, values in series.items():
+        ax.plot(x_values, values, "o-", label=name)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def bars(
+    values: dict[str, float],
+    *,
+    ylabel: str = "accuracy",
+    title: str = "",
+    ylim: tuple[float, float] | None = (0, 1.01),
+) -> Figure:
+    """A bar per named value, labelled with the value."""
+    fig = new_figure((min(8, 1.2 + 1.1 * len(values)), 3))
+    ax = fig.subplots()
+    bars_ = ax.bar(list(values), list(values.values()), color="tab:blue")
+    ax.bar_label(bars_, fmt="%.2f", fontsize=8)
+    ax.set(ylabel=ylabel, title=title)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.tick_params(axis="x", labelsize=8)
+    for label in ax.get_xticklabels():
+        label.set(rotation=20, horizontalalignment="right")
+    fig.tight_layout()
+    return fig
+
+
+def grouped_bars(
+    table: dict[str, dict[str, float]],
+    *,
+    ylabel: str = "accuracy",
+    title: str = "",
+    ylim: tuple[float, float] | None = (0, 1.05),
+) -> Figure:
+    """Bars grouped by row of `table` ({group: {series: value}}), labelled."""
+    groups = list(table)
+    series = list(dict.fromkeys(k for row in table.values() for k in row))
+    width = 0.8 / max(len(series), 1)
+    fig = new_figure((min(8, 1.5 + 1.4 * len(groups)), 3))
+    ax = fig.subplots()
+    for j, name in enumerate(series):
+        xs = [i + (j - (len(series) - 1) / 2) * width for i in range(len(groups))]
+        values = [table[g].get(name, 0.0) for g in groups]
+        ax.bar_label(
+            ax.bar(xs, values, width=width, label=name), fmt="%.2f", fontsize=7
+        )
+    ax.set_xticks(range(len(groups)), groups, fontsize=8)
+    ax.set(ylabel=ylabel, title=title)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

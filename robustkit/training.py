@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from robustkit import data, evaluation
+from robustkit import attacks, data, evaluation, models
 from robustkit.types import Attack, Loader
 
 # objective(model, x, x_adv, y) -> (loss, logits used for the accuracy)
@@ -245,6 +245,7 @@ DEFAULT_CONFIG = dict(
     random_start=None,  # FGSM from a random point of the ball (FGSM-RS) or from x
     beta=None,  # TRADES trade-off weight
     eps_warmup=None,  # fraction of training over which eps (and alpha) ramp up from 0
+    temperature=None,  # softmax temperature of defensive distillation
     guard=None,  # "best": keep the best robust-validation epoch; "collapse": also
     #              stop and roll back when it collapses (catastrophic overfitting)
 )
@@ -259,6 +260,7 @@ RECIPES = {
         random_start=True,
         guard="collapse",
         epochs=10,
+        eps_warmup=0.3,
     ),
     "pgd": dict(
         eps=0.3,
@@ -267,7 +269,7 @@ RECIPES = {
         random_start=True,
         guard="best",
         epochs=10,
-        eps_warmup=0.2,
+        eps_warmup=0.3,
     ),
     "trades": dict(
         eps=0.3,
@@ -276,9 +278,10 @@ RECIPES = {
         beta=6.0,
         guard="best",
         epochs=10,
-        eps_warmup=0.2,
+        eps_warmup=0.3,
     ),
 }
+RECIPES["distillation"] = dict(temperature=100.0)
 VAL_BATCH = 1_000  # held-out examples the guards attack after each epoch
 
 
@@ -292,7 +295,11 @@ def config(recipe: str = "standard", **overrides) -> dict:
         raise ValueError(
             f"unknown config keys {sorted(unknown)}: use {sorted(DEFAULT_CONFIG)}"
         )
-    return {**DEFAULT_CONFIG, **RECIPES[recipe], **overrides, "recipe": recipe}
+    cfg = {**DEFAULT_CONFIG, **RECIPES[recipe], **overrides, "recipe": recipe}
+    # 1.25 * 0.3 and 0.375 must name the same model: floats keep 10 significant digits
+    return {
+        k: float(f"{v:.10g}") if isinstance(v, float) else v for k, v in cfg.items()
+    }
 
 
 def recipe_parts(
@@ -305,8 +312,6 @@ def recipe_parts(
     random start (Madry et al. 2018). trades: PGD on KL(h(x) || h(x')), then
     CE(h(x), y) + beta * KL(h(x) || h(x')) (Zhang et al. 2019).
     """
-    from robustkit import attacks  # attacks imports nothing from here
-
     recipe = cfg["recipe"]
     if recipe == "standard":
         return None, cross_entropy_objective
@@ -353,6 +358,125 @@ def trades_objective(
     return F.cross_entropy(logits, y) + beta * kl, logits_adv
 
 
+def temperature_objective(
+    model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor, *, temperature: float
+) -> tuple[Tensor, Tensor]:
+    """Cross-entropy of softmax(h(x_adv) / T) against y: training at temperature T."""
+    logits = model(x_adv)
+    return F.cross_entropy(logits / temperature, y), logits
+
+
+def distill(
+    student: nn.Module,
+    teacher: nn.Module,
+    loader: Loader,
+    *,
+    temperature: float,
+    opt: torch.optim.Optimizer,
+    epochs: int,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    test_loader: Loader | None = None,
+    progress: bool = True,
+) -> list[dict]:
+    """Defensive distillation: train `student` on the teacher's soft labels at T.
+
+    Minimizes -sum_k softmax(t(x) / T)_k log softmax(s(x) / T)_k, the cross-entropy
+    between the teacher's and the student's distributions at temperature T; the
+    student is then deployed at T = 1, i.e. its raw logits are used. The teacher
+    should itself have been trained at T (`temperature_objective`).
+
+    Returns:
+        The student's `fit` history.
+
+    Reference:
+        Papernot et al., "Distillation as a Defense to Adversarial Perturbations
+        against Deep Neural Networks", IEEE S&P 2016. https://arxiv.org/abs/1511.04508
+    """
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    teacher.eval()
+
+    def soft_label_objective(model, x, x_adv, y):
+        with torch.no_grad():
+            soft = F.softmax(teacher(x) / temperature, 1)
+        logits = model(x)
+        return -(soft * F.log_softmax(logits / temperature, 1)).sum(1).mean(), logits
+
+    return fit(
+        student,
+        loader,
+        opt=opt,
+        epochs=epochs,
+        objective=soft_label_objective,
+        scheduler=scheduler,
+        test_loader=test_loader,
+        progress=progress,
+    )
+
+
+def _optimizer(model: nn.Module, cfg: dict, steps_per_epoch: int):
+    """The optimizer and per-batch schedule a config asks for."""
+    if cfg["optimizer"] == "adam":
+        opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+    elif cfg["optimizer"] == "sgd":
+        opt = torch.optim.SGD(
+            model.parameters(),
+            lr=cfg["lr"],
+            momentum=0.9,
+            weight_decay=5e-4,
+            nesterov=True,
+        )
+    else:
+        raise ValueError(f"unknown optimizer {cfg['optimizer']!r}: use 'adam' or 'sgd'")
+    scheduler = lr_schedule(
+        opt, cfg["schedule"], epochs=cfg["epochs"], steps_per_epoch=steps_per_epoch
+    )
+    return opt, scheduler
+
+
+def _train_distilled(
+    model: nn.Module,
+    cfg: dict,
+    train_loader: Loader,
+    test_loader: Loader,
+    progress: bool,
+) -> dict:
+    """The distillation recipe: a teacher trained at T, then `model` distilled."""
+    device = next(model.parameters()).device
+    temperature = cfg["temperature"]
+    teacher = models.create(cfg["arch"], cfg["dataset"]).to(device)
+    opt, scheduler = _optimizer(teacher, cfg, len(train_loader))
+    teacher_history = fit(
+        teacher,
+        train_loader,
+        opt=opt,
+        epochs=cfg["epochs"],
+        objective=partial(temperature_objective, temperature=temperature),
+        scheduler=scheduler,
+        test_loader=test_loader,
+        progress=progress,
+    )
+    opt, scheduler = _optimizer(model, cfg, len(train_loader))
+    history = distill(
+        model,
+        teacher,
+        train_loader,
+        temperature=temperature,
+        opt=opt,
+        epochs=cfg["epochs"],
+        scheduler=scheduler,
+        test_loader=test_loader,
+        progress=progress,
+    )
+    return dict(
+        history=history,
+        teacher_history=teacher_history,
+        teacher_test_accuracy=evaluation.accuracy(teacher, test_loader),
+        test_accuracy=evaluation.accuracy(model, test_loader),
+        train_seconds=sum(r["seconds"] for r in teacher_history + history),
+    )
+
+
 def train_from_config(
     model: nn.Module,
     cfg: dict,
@@ -380,29 +504,15 @@ def train_from_config(
         splits.x_train, splits.y_train, batch_size=cfg["batch_size"], shuffle=True
     )
     test_loader = data.Batches(splits.x_test, splits.y_test, batch_size=1000)
-    if cfg["optimizer"] == "adam":
-        opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
-    elif cfg["optimizer"] == "sgd":
-        opt = torch.optim.SGD(
-            model.parameters(),
-            lr=cfg["lr"],
-            momentum=0.9,
-            weight_decay=5e-4,
-            nesterov=True,
-        )
-    else:
-        raise ValueError(f"unknown optimizer {cfg['optimizer']!r}: use 'adam' or 'sgd'")
-    scheduler = lr_schedule(
-        opt, cfg["schedule"], epochs=cfg["epochs"], steps_per_epoch=len(train_loader)
-    )
+    opt, scheduler = _optimizer(model, cfg, len(train_loader))
+    if cfg["recipe"] == "distillation":
+        return _train_distilled(model, cfg, train_loader, test_loader, progress)
     attack, objective = recipe_parts(cfg, len(train_loader))
     guard = cfg["guard"]
     if guard not in (None, "best", "collapse"):
         raise ValueError(f"guard must be None, 'best' or 'collapse', got {guard!r}")
     val = val_attack = None
     if guard is not None:
-        from robustkit import attacks
-
         val = (splits.x_val[:VAL_BATCH], splits.y_val[:VAL_BATCH])
         val_attack = partial(
             attacks.pgd, eps=cfg["eps"], alpha=2.5 * cfg["eps"] / 20, steps=20

@@ -195,6 +195,18 @@ SHIPPED = {
 SHIPPED_EVAL = dict(eps=0.3, steps=100, n_targets=3, queries=1000)
 
 
+def shipped_config(name: str, **overrides) -> dict:
+    """The training config of shipped model `name`, with `overrides` (a notebook's
+    parameters). Equal to the shipped one, it loads the shipped weights."""
+    from robustkit import training
+
+    if name not in SHIPPED:
+        raise ValueError(
+            f"unknown shipped model {name!r}: use one of {sorted(SHIPPED)}"
+        )
+    return training.config(**{**SHIPPED[name], **overrides})
+
+
 def build(
     names: list[str], *, device: Device = "cpu", progress: bool = True
 ) -> list[dict]:
@@ -216,7 +228,7 @@ def build(
     splits = data.load("mnist", n_train=0, device=device)
     loader = data.Batches(splits.x_test, splits.y_test, batch_size=500)
     for name in names:
-        cfg = training.config(**SHIPPED[name])
+        cfg = shipped_config(name)
         train = partial(training.train_from_config, progress=progress)
         model, metrics = load_or_train(name, cfg, train, device=device)
         attack_set = evaluation.strong_attacks(**SHIPPED_EVAL)

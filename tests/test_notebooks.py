@@ -21,8 +21,50 @@ def check_00(r):
     assert r["n_train"] == 5_000 and r["n_test"] == 1_000
 
 
+def non_increasing(values, slack=0.02):
+    return all(b <= a + slack for a, b in zip(values, values[1:]))
+
+
+def check_01(r):
+    assert r["pgd_accuracy"] <= r["fgsm_accuracy"] + 0.02 < r["clean_accuracy"]
+    assert r["pgd_l2_accuracy"] < r["clean_accuracy"]
+    assert r["max_perturbation_linf"] <= r["eps"] + 1e-6
+    assert r["max_perturbation_l2"] <= r["eps_l2"] + 1e-4
+    assert r["pgd_curve"][0] == r["clean_accuracy"] and r["pgd_curve"][-1] < 0.2
+    assert non_increasing(r["pgd_curve"]) and non_increasing(r["fgsm_curve"])
+    assert all(p <= f + 0.02 for p, f in zip(r["pgd_curve"], r["fgsm_curve"]))
+    assert 0 < r["targeted_success_rate"] < 1 - r["pgd_accuracy"]
+    assert r["patch_success_rate"] > r["random_patch_success_rate"] + 0.05
+
+
+def check_02(r):
+    assert non_increasing(r["pgd_steps_curve"]) and non_increasing(
+        r["pgd_restarts_curve"]
+    )
+    assert r["pgd_restarts_curve"][-1] <= r["pgd_steps_curve"][-1] + 0.02
+    assert r["pgd_steps_curve"][-1] <= r["fgsm_accuracy"] < r["clean_accuracy"]
+    assert (
+        r["pgd_small_step_accuracy"] > r["pgd_tuned_accuracy"]
+    )  # a bad step size shows
+    assert r["apgd_ce_accuracy"] <= r["pgd_tuned_accuracy"] + 0.02
+    assert r["worst_case_accuracy"] <= min(r["alone_accuracies"])
+    assert r["square_accuracy"] >= r["worst_case_accuracy"]
+    assert r["transfer_accuracy"] >= r["pgd20_accuracy"] - 0.02  # transfer is weaker
+    assert r["cw_success_rate"] > 0.9 and r["cw_curve"][0] == r["clean_accuracy"]
+    assert r["honest_checks_passed"] and not r["masked_checks_passed"]
+    assert "input gradients finite and non-zero" in r["masked_checks_failed"]
+    # the masked model looks robust to the naive attack and is not
+    assert r["masked_naive_pgd_accuracy"] >= r["masked_margin_pgd_accuracy"] + 0.2
+    assert (
+        abs(r["masked_margin_pgd_accuracy"] - r["unmodified_margin_pgd_accuracy"])
+        <= 0.02
+    )
+
+
 CHECKS = {
     "00_setup_and_tour.ipynb": check_00,
+    "01_adversarial_examples.ipynb": check_01,
+    "02_evaluating_robustness.ipynb": check_02,
 }
 
 

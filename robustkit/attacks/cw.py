@@ -17,7 +17,7 @@ def cw_l2(
     c: float | Tensor = 1.0,
     kappa: float = 0.0,
     steps: int = 100,
-    lr: float = 0.01,
+    lr: float = 0.1,
     targeted: bool = False,
     bounds: Bounds = (0.0, 1.0),
 ) -> Tensor:
@@ -36,7 +36,7 @@ def cw_l2(
         c: Weight of the misclassification term; larger finds more, bigger examples.
         kappa: Confidence margin required of a success.
         steps: Adam iterations.
-        lr: Adam learning rate (in w space).
+        lr: Adam learning rate (in w space); 0.1 converges in ~100 steps on MNIST.
         targeted: Reach class y instead of leaving it.
         bounds: Valid input range.
 
@@ -82,10 +82,10 @@ def cw_l2_search(
     x: Tensor,
     y: Tensor,
     *,
-    c_init: float = 1e-2,
+    c_init: float = 1.0,
     search_steps: int = 5,
     steps: int = 100,
-    lr: float = 0.01,
+    lr: float = 0.1,
     kappa: float = 0.0,
     targeted: bool = False,
     bounds: Bounds = (0.0, 1.0),
