@@ -106,18 +106,19 @@ def main() -> None:
             continue
         t_bare, t_ours, t_theirs = [], [], []
         for _ in range(args.repeats):  # interleaved, so machine drift hits all three
-            t_bare.append(timed(lambda: bare_passes(model, x, y, passes), device)[0])
-            t, x_ours = timed(lambda: ours(model, x, y), device)
+            t_bare.append(timed(partial(bare_passes, model, x, y, passes), device)[0])
+            t, x_ours = timed(partial(ours, model, x, y), device)
             t_ours.append(t)
-            t, x_theirs = timed(lambda: theirs(x, y), device)
+            t, x_theirs = timed(partial(theirs, x, y), device)
             t_theirs.append(t)
         ceiling, rk, ta = (args.n / min(t) for t in (t_bare, t_ours, t_theirs))
-        acc = lambda x_adv: (
+        acc_ours, acc_theirs = (
             (evaluation.predict(model, x_adv) == y).float().mean().item()
-        )  # noqa: E731
+            for x_adv in (x_ours, x_theirs)
+        )
         print(
             f"{name:12s} {ceiling:9.0f} {rk:10.0f} {ta:10.0f} {rk / ceiling:8.2f} "
-            f"{ta / ceiling:8.2f} {rk / ta:6.2f} {acc(x_ours):7.3f} {acc(x_theirs):7.3f}"
+            f"{ta / ceiling:8.2f} {rk / ta:6.2f} {acc_ours:7.3f} {acc_theirs:7.3f}"
         )
     print(
         "(images/s; ceiling = bare forward+backward passes w.r.t. the input / passes)"

@@ -70,7 +70,8 @@ def main() -> None:
     print(f"reference (forward+backward+step only): {args.n / bare:10.0f} images/s")
     print(f"training.run_epoch:                     {args.n / kit:10.0f} images/s")
     print(
-        f"share of time outside forward/backward:  {1 - bare / kit:10.1%}  (target < 10%)"
+        f"share of time outside forward/backward:  {1 - bare / kit:10.1%}  "
+        "(target < 10%)"
     )
 
 

@@ -15,3 +15,4 @@ Norm = Literal["linf", "l2"]
 Bounds = tuple[float, float]
 Device = torch.device | str
 Loader = Iterable[tuple[Tensor, Tensor]]
+Transform = Callable[[Tensor], Tensor]  # an input transformation (robustkit.defenses)

@@ -61,10 +61,47 @@ def check_02(r):
     )
 
 
+def check_03(r):
+    for clean, robust in zip(r["clean_accuracy"], r["robust_accuracy"]):
+        assert 0 <= robust <= clean <= 1
+    # the quick-mode bar: adversarial training beats standard by 30 points
+    for name in ("fgsm_rs", "pgd_at", "trades"):
+        assert r[f"{name}_robust_accuracy"] >= r["standard_robust_accuracy"] + 0.30, (
+            name
+        )
+    assert r["best_adversarial_clean_accuracy"] >= 0.9
+    for curve in ("baseline_curve", "fgsm_rs_curve", "pgd_curve", "trades_curve"):
+        assert non_increasing(r[curve]) and r[curve][-1] <= r[curve][1]
+    assert 1 <= r["co_guarded_epochs"] <= len(r["co_fgsm_val_robust"])
+    assert len(r["trades_sweep_robust"]) == len(r["betas"])
+
+
+def check_04(r):
+    temps = r["temperatures"]
+    hi, lo = temps.index(max(temps)), temps.index(min(temps))
+    # the quick-mode bars at T = 100: naive >= 60%, adaptive <= 10%
+    assert r["naive_pgd_accuracy"][hi] >= 0.60 and r["naive_fgsm_accuracy"][hi] >= 0.60
+    assert (
+        r["margin_pgd_accuracy"][hi] <= 0.10 and r["scaled_ce_pgd_accuracy"][hi] <= 0.10
+    )
+    assert r["naive_pgd_accuracy"][hi] - r["margin_pgd_accuracy"][hi] >= 0.50
+    # distillation at T > 1 raises the logit scale and shrinks input gradients
+    assert r["mean_largest_logit"][hi] > 5 * r["mean_largest_logit"][lo]
+    assert r["mean_gradient_norm"][hi] < r["mean_gradient_norm"][lo]
+    assert r["zero_gradient_share"][hi] > r["zero_gradient_share"][lo]
+    # the sanity checks flag the distilled model and pass the undefended one
+    assert "input gradients finite and non-zero" in r["sanity_failed_high_t"]
+    assert r["sanity_failed_low_t"] == []
+    assert r["cw_success_rate"] >= 0.9
+    assert r["adaptive_curve_high_t"][-1] <= 0.10 <= r["naive_curve_high_t"][-1]
+
+
 CHECKS = {
     "00_setup_and_tour.ipynb": check_00,
     "01_adversarial_examples.ipynb": check_01,
     "02_evaluating_robustness.ipynb": check_02,
+    "03_adversarial_training.ipynb": check_03,
+    "04_defensive_distillation.ipynb": check_04,
 }
 
 
