@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 QUICK_FLAG := $(if $(filter 1 yes true,$(QUICK)),--quick,)
 
-.PHONY: setup lab run test test-all bench clean
+.PHONY: setup lab run test test-all bench zoo clean
 
 setup: $(STAMP)
 
@@ -34,6 +34,9 @@ test-all: setup  # also the teaching-size runs (marker `slow`)
 
 bench: setup
 	@for script in bench/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+
+zoo: setup  # full-size robust models into data/zoo/ (hours on a CPU, minutes on a GPU)
+	$(PY) -m robustkit.zoo
 
 clean:
 	rm -rf outputs .cache .pytest_cache .ruff_cache

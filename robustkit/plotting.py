@@ -190,6 +190,8 @@ def grouped_bars(
             ax.bar(xs, values, width=width, label=name), fmt="%.2f", fontsize=7
         )
     ax.set_xticks(range(len(groups)), groups, fontsize=8)
+    for label in ax.get_xticklabels():
+        label.set(rotation=15, horizontalalignment="right")
     ax.set(ylabel=ylabel, title=title)
     if ylim is not None:
         ax.set_ylim(*ylim)

@@ -41,6 +41,10 @@ QUICK = {
         N_TRAIN=5_000, EPOCHS=5, TEMPERATURES=[1.0, 100.0], N_TEST=200, STEPS=10,
         EPS_VALUES=[0.0, 0.15, 0.3], CW_STEPS=50, CW_SEARCH=3, N_SANITY=100,
     ),
+    "05_input_transformations.ipynb": dict(
+        N_TRAIN=5_000, EPOCHS=5, N_TEST=100, STEPS=10, EOT_SAMPLES=3,
+        EPS_VALUES=[0.2, 0.4], BITS_LIST=[1, 2], N_SANITY=50,
+    ),
 }  # fmt: skip
 
 

@@ -87,7 +87,7 @@ def check_04(r):
     assert r["naive_pgd_accuracy"][hi] - r["margin_pgd_accuracy"][hi] >= 0.50
     # distillation at T > 1 raises the logit scale and shrinks input gradients
     assert r["mean_largest_logit"][hi] > 5 * r["mean_largest_logit"][lo]
-    assert r["mean_gradient_norm"][hi] < r["mean_gradient_norm"][lo]
+    assert r["median_gradient_norm"][hi] < r["median_gradient_norm"][lo]
     assert r["zero_gradient_share"][hi] > r["zero_gradient_share"][lo]
     # the sanity checks flag the distilled model and pass the undefended one
     assert "input gradients finite and non-zero" in r["sanity_failed_high_t"]
@@ -96,12 +96,28 @@ def check_04(r):
     assert r["adaptive_curve_high_t"][-1] <= 0.10 <= r["naive_curve_high_t"][-1]
 
 
+def check_05(r):
+    row = {name: i for i, name in enumerate(r["defenses"])}
+    bar = max(r["undefended_accuracy"] + 0.05, 0.05)
+    # the bar: adaptive within 5 points of undefended (or below 5%)
+    for name in ("JPEG", "blur", "median", "noise", "random resize"):
+        assert r["adaptive_accuracy"][row[name]] <= bar, name
+    # non-differentiable JPEG looks robust to the naive white-box attack, and is not
+    jpeg = row["JPEG"]
+    assert r["white_box_accuracy"][jpeg] >= r["adaptive_accuracy"][jpeg] + 0.3
+    assert "input gradients finite and non-zero" in r["jpeg_sanity_failed"]
+    assert r["flippable_share"] == sorted(r["flippable_share"])
+    for clean, robust in zip(r["clean_accuracy"], r["adaptive_accuracy"]):
+        assert 0 <= robust <= 1 and 0 <= clean <= 1
+
+
 CHECKS = {
     "00_setup_and_tour.ipynb": check_00,
     "01_adversarial_examples.ipynb": check_01,
     "02_evaluating_robustness.ipynb": check_02,
     "03_adversarial_training.ipynb": check_03,
     "04_defensive_distillation.ipynb": check_04,
+    "05_input_transformations.ipynb": check_05,
 }
 
 
