@@ -6,8 +6,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 QUICK_FLAG := $(if $(filter 1 yes true,$(QUICK)),--quick,)
+JOBS ?= 2
 
-.PHONY: setup lab run test test-all bench zoo clean
+.PHONY: setup lab run test test-all bench zoo assignments html sweep clean
 
 setup: $(STAMP)
 
@@ -38,6 +39,18 @@ bench: setup
 zoo: setup  # full-size robust models into data/zoo/ (hours on a CPU, minutes on a GPU)
 	$(PY) -m robustkit.zoo
 
+assignments: setup  # student notebooks (solution cells stubbed) into assignments/
+	$(PY) -m robustkit.assignments --out assignments
+
+html: run  # execute the notebooks (QUICK=1 for small parameters), then a static site
+	$(PY) -m robustkit.html --src outputs --out outputs/html
+
+# make sweep NB=notebooks/01_adversarial_examples.ipynb QUICK=1 Y=pgd_accuracy \
+#     GRID="--grid 'SEED=[0,1]' --grid 'EPS=[0.05,0.1,0.2]'"
+sweep: setup
+	$(PY) -m robustkit.sweep $(NB) $(GRID) $(QUICK_FLAG) --jobs $(JOBS) \
+		--out outputs/sweep $(if $(Y),--plot-y $(Y),)
+
 clean:
-	rm -rf outputs .cache .pytest_cache .ruff_cache
+	rm -rf outputs assignments .cache .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

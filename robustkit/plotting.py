@@ -39,7 +39,7 @@ def image_grid(
         if i < n:
             img = x[i].detach().cpu().float().clamp(0, 1).permute(1, 2, 0)
             ax.imshow(
-                img.squeeze(-1) if img.shape[-1] == 1 else img,
+                (img.squeeze(-1) if img.shape[-1] == 1 else img).numpy(),
                 cmap=cmap,
                 vmin=0,
                 vmax=1,
@@ -95,7 +95,7 @@ def attack_panel(
     )
 
     def show(ax, img: Tensor, title: str) -> None:
-        ax.imshow(img.permute(1, 2, 0).squeeze(-1), cmap="gray", vmin=0, vmax=1)
+        ax.imshow(img.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray", vmin=0, vmax=1)
         ax.set_title(title, fontsize=8)
         ax.axis("off")
 
@@ -113,8 +113,10 @@ def attack_panel(
             f"adversarial: {classes[p_adv[i].argmax()]}",
         )
         ax = axes[i, 3]
-        ax.bar([t - 0.2 for t in ticks], p_clean[i], width=0.4, label="clean")
-        ax.bar([t + 0.2 for t in ticks], p_adv[i], width=0.4, label="adversarial")
+        ax.bar([t - 0.2 for t in ticks], p_clean[i].numpy(), width=0.4, label="clean")
+        ax.bar(
+            [t + 0.2 for t in ticks], p_adv[i].numpy(), width=0.4, label="adversarial"
+        )
         ax.set_xticks(list(ticks), classes, fontsize=7)
         ax.set_ylim(0, 1)
         ax.tick_params(axis="y", labelsize=7)

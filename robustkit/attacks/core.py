@@ -173,6 +173,8 @@ def check_args(
             f"x lies outside bounds {bounds!r} (min {x.min().item():.3g}, "
             f"max {x.max().item():.3g}); scale inputs to the bounds first"
         )
+    if eps == 0:  # nothing to search: a zero step size is fine (e.g. alpha = eps / 4)
+        positive.pop("alpha", None)
     for name, value in positive.items():
         if not (isinstance(value, (int, float)) and value > 0):
             raise ValueError(f"{name} must be > 0, got {value!r}")

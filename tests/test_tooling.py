@@ -1,0 +1,204 @@
+"""The course tooling: the HTML site, parameter sweeps and the CI workflow."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import re
+
+import nbformat
+import pytest
+import yaml
+
+from robustkit import html, plotting, sweep
+from robustkit.utils import ROOT
+
+WORKFLOW = ROOT / ".github" / "workflows" / "notebooks.yml"
+
+
+# ----------------------------------------------------------------------- html
+
+
+def executed_notebook():
+    """A notebook as papermill leaves it: a title, a figure, a progress bar widget."""
+    fig = plotting.new_figure((2, 2))
+    fig.subplots().plot([0, 1], [1, 0])
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3"}
+    cell = nbformat.v4.new_code_cell("plotting.curves(...)", execution_count=1)
+    cell.outputs = [
+        nbformat.v4.new_output(
+            "display_data",
+            data={
+                "application/vnd.jupyter.widget-view+json": {
+                    "model_id": "abc",
+                    "version_major": 2,
+                    "version_minor": 0,
+                },
+                "text/plain": "HBox(children=(FloatProgress(value=0.0),))",
+            },
+        ),  # fmt: skip
+        nbformat.v4.new_output(
+            "execute_result",
+            data={
+                "image/png": base64.b64encode(png.getvalue()).decode(),
+                "text/plain": "<Figure>",
+            },
+            execution_count=1,
+        ),
+    ]
+    nb.cells = [nbformat.v4.new_markdown_cell("# 05 · A tiny page\n\nText."), cell]
+    return nb
+
+
+def test_html_site_has_an_index_and_pages_with_embedded_figures(tmp_path):
+    src = tmp_path / "outputs"
+    src.mkdir()
+    nbformat.write(executed_notebook(), src / "05_tiny.ipynb")
+    (src / "05_tiny.json").write_text(json.dumps({"clean_accuracy": 0.9}))
+    nbformat.write(nbformat.v4.new_notebook(), src / "06_untitled.ipynb")
+
+    index = html.build(src, tmp_path / "site")
+
+    text = index.read_text()
+    assert '<a href="05_tiny.html">05 · A tiny page</a>' in text
+    assert '<a href="05_tiny.json">results</a>' in text
+    assert '<a href="06_untitled.html">06_untitled</a>' in text
+    page = (tmp_path / "site" / "05_tiny.html").read_text()
+    assert re.search(r'<img[^>]+src="data:image/png;base64,', page)
+    assert "<title>05 · A tiny page</title>" in page
+    assert "widget-view" not in page and "FloatProgress" not in page
+    assert (tmp_path / "site" / "05_tiny.json").exists()
+
+
+def test_html_refuses_an_empty_folder(tmp_path):
+    with pytest.raises(ValueError, match="make run"):
+        html.build(tmp_path)
+
+
+# ---------------------------------------------------------------------- sweep
+
+PARAMETERS = """\
+SEED: int = 0  # global RNG seed
+EPS: float = 0.1  # budget
+RESULTS_PATH: str = ""  # where to write the results JSON
+"""
+BODY = """\
+from robustkit import utils
+
+utils.record_results(
+    {"seed": SEED, "robust_accuracy": 1 - EPS - SEED / 100, "curve": [EPS, 0.0]},
+    RESULTS_PATH,
+)
+"""
+
+
+def parameterized_notebook(path):
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {
+        "name": "python3", "display_name": "Python 3", "language": "python"
+    }  # fmt: skip
+    nb.cells = [
+        nbformat.v4.new_code_cell(PARAMETERS, metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell(BODY),
+    ]
+    nbformat.write(nb, path)
+    return path
+
+
+def test_parse_grid_and_points():
+    grid = sweep.parse_grid(["SEED=[0, 1]", "EPS=[0.1, 0.2, 0.3]"])
+    assert grid == {"SEED": [0, 1], "EPS": [0.1, 0.2, 0.3]}
+    assert len(sweep.points(grid)) == 6
+    assert sweep.points(grid)[1] == {"SEED": 0, "EPS": 0.2}
+    for bad in ["SEED", "SEED=0", "SEED=[]", "1X=[1]", "EPS=[0.1"]:
+        with pytest.raises(ValueError, match="NAME="):
+            sweep.parse_grid([bad])
+
+
+@pytest.mark.notebook
+def test_sweep_writes_one_csv_row_per_grid_point_and_a_plot(tmp_path):
+    notebook = parameterized_notebook(tmp_path / "tiny.ipynb")
+    out = tmp_path / "sweep"
+    argv = [str(notebook), "--grid", "SEED=[1]", "--grid", "EPS=[0.1, 0.2]"]
+    argv += ["--jobs", "2", "--out", str(out), "--plot-y", "robust_accuracy"]
+    assert sweep.main(argv) == 0
+    with (out / "tiny.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2  # the grid's size (`points` is tested on a larger grid)
+    assert list(rows[0])[:4] == ["run", "status", "SEED", "EPS"]
+    assert "curve" not in rows[0]  # lists are not scalars
+    for row in rows:
+        assert row["status"] == "ok" and row["error"] == ""
+        expected = 1 - float(row["EPS"]) - int(row["SEED"]) / 100
+        assert float(row["robust_accuracy"]) == pytest.approx(expected)
+    assert [row["EPS"] for row in rows] == ["0.1", "0.2"]
+    assert (out / "tiny_robust_accuracy_vs_EPS.png").stat().st_size > 0
+    assert (out / "runs" / "001" / "tiny.ipynb").exists()
+
+
+def test_plot_and_csv_of_rows(tmp_path):
+    rows = [
+        {"run": 0, "status": "ok", "EPS": 0.1, "acc": 0.8, "error": ""},
+        {"run": 1, "status": "ok", "EPS": 0.2, "acc": 0.5, "error": ""},
+        {"run": 2, "status": "failed", "EPS": 0.3, "error": "KeyError: 'x'"},
+    ]
+    fig = sweep.plot(rows, "EPS", "acc")
+    mean = fig.axes[0].lines[1]
+    assert list(mean.get_xdata()) == [0.1, 0.2]
+    with pytest.raises(ValueError, match="grid parameter"):
+        sweep.plot(rows, "SEED", "acc")
+    path = sweep.write_csv(rows, tmp_path / "rows.csv")
+    lines = path.read_text().splitlines()
+    assert lines[0] == "run,status,EPS,acc,error" and len(lines) == 4
+
+
+# ------------------------------------------------------------------- workflow
+
+
+def makefile_targets() -> set[str]:
+    text = (ROOT / "Makefile").read_text()
+    return set(re.findall(r"^([A-Za-z][\w-]*)\s*:(?!=)", text, flags=re.MULTILINE))
+
+
+def workflow_commands() -> list[str]:
+    workflow = yaml.safe_load(WORKFLOW.read_text())
+    return [
+        step["run"]
+        for job in workflow["jobs"].values()
+        for step in job["steps"]
+        if "run" in step
+    ]
+
+
+def test_workflow_parses_and_uses_the_expected_actions():
+    workflow = yaml.safe_load(WORKFLOW.read_text())
+    triggers = workflow[True]  # YAML 1.1 reads the key `on` as True
+    assert {"push", "pull_request"} <= set(triggers)
+    steps = [step for job in workflow["jobs"].values() for step in job["steps"]]
+    uses = [step.get("uses", "") for step in steps]
+    setups = [s for s in steps if s.get("uses", "").startswith("actions/setup-python")]
+    assert setups and all(s["with"]["cache"] == "pip" for s in setups)
+    assert any(u.startswith("actions/upload-artifact") for u in uses)
+    matrix = workflow["jobs"]["notebooks"]["strategy"]["matrix"]
+    assert {"seed", "quick"} <= set(matrix)
+    uploaded = " ".join(
+        s["with"]["path"] for s in steps if "upload-artifact" in s.get("uses", "")
+    )
+    assert "outputs/*.ipynb" in uploaded and "outputs/*.json" in uploaded
+
+
+def test_workflow_calls_only_existing_make_targets_and_modules():
+    commands = " ".join(workflow_commands())
+    used = set(re.findall(r"\bmake\s+([A-Za-z][\w-]*)", commands))
+    assert "setup" in used
+    missing = used - makefile_targets()
+    assert not missing, (
+        f"the workflow calls make targets not in the Makefile: {missing}"
+    )
+    for module in re.findall(r"-m\s+robustkit\.(\w+)", commands):
+        assert (ROOT / "robustkit" / f"{module}.py").exists(), module
