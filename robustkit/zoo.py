@@ -37,12 +37,19 @@ class CheckpointError(RuntimeError):
     """A checkpoint file is corrupt or was made from another config."""
 
 
+def canonical(config: dict) -> dict:
+    """The config as hashed and compared: entries set to None (options a recipe does
+    not use) are left out, so adding a new option to the configs does not orphan
+    every checkpoint made before it."""
+    return {k: v for k, v in json.loads(json.dumps(config)).items() if v is not None}
+
+
 def config_key(name: str, config: dict) -> str:
-    """Hash of the name, the whole config and the library version (16 hex digits)."""
+    """Hash of the name, the config (`canonical`) and the library version."""
     blob = json.dumps(
         {
             "name": name,
-            "config": config,
+            "config": canonical(config),
             "version": robustkit.__version__,
             "format": FORMAT,
         },
@@ -149,9 +156,11 @@ def _load(
                 "manifest (restore it with `git checkout -- data/zoo`)"
             )
         payload = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
-        if (payload.get("format"), payload.get("key")) != (FORMAT, key) or json.loads(
-            payload["config"]
-        ) != json.loads(json.dumps(config)):
+        stored = canonical(json.loads(payload["config"]))
+        if (payload.get("format"), payload.get("key")) != (
+            FORMAT,
+            key,
+        ) or stored != canonical(config):
             raise CheckpointError(f"checkpoint {path} was made from another config")
         model.load_state_dict(payload["state_dict"])
         return json.loads(payload["metrics"])

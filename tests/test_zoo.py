@@ -125,3 +125,31 @@ def test_config_needs_arch_dataset_and_seed(missing):
     config = {k: v for k, v in CONFIG.items() if k != missing}
     with pytest.raises(ValueError, match=missing):
         zoo.load_or_train("t-bad", config, Trainer())
+
+
+def test_options_left_at_none_do_not_change_the_key():
+    assert zoo.config_key("t", CONFIG) == zoo.config_key(
+        "t", {**CONFIG, "new_option": None}
+    )
+    assert zoo.config_key("t", CONFIG) != zoo.config_key(
+        "t", {**CONFIG, "new_option": 1}
+    )
+
+
+def test_every_shipped_model_verifies_and_loads_without_training():
+    manifest = json.loads((zoo.SHIPPED_DIR / "manifest.json").read_text())
+    assert {e["name"] for e in manifest} >= {"baseline", "fgsm_rs", "pgd"}
+
+    def no_training(model, config):
+        raise AssertionError("a shipped model was retrained")
+
+    for entry in manifest:
+        file = zoo.SHIPPED_DIR / entry["file"]
+        assert hashlib.sha256(file.read_bytes()).hexdigest() == entry["sha256"]
+        cfg = zoo.shipped_config(entry["name"])
+        assert zoo.config_key(entry["name"], cfg) == entry["key"]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            model, metrics = zoo.load_or_train(entry["name"], cfg, no_training)
+        assert 0 <= entry["robust_accuracy"] <= entry["clean_accuracy"] <= 1
+        assert metrics["test_accuracy"] >= 0.98  # the clean-accuracy bar
