@@ -52,6 +52,18 @@ def test_run_epoch_without_opt_evaluates_only(mlp, blobs):
     assert not mlp.training  # evaluation leaves the model in eval mode
 
 
+def test_run_epoch_averages_over_examples_with_an_uneven_last_batch(mlp, blobs):
+    x, y = blobs  # 400 examples in batches of 150, 150 and 100
+    result = training.run_epoch(mlp, data.Batches(x, y, batch_size=150), progress=False)
+    with torch.no_grad():
+        logits = mlp(x)
+    expected_loss = torch.nn.functional.cross_entropy(logits, y).item()
+    expected_accuracy = (logits.argmax(1) == y).float().mean().item()
+    assert result.loss == pytest.approx(expected_loss, rel=1e-5)
+    assert result.accuracy == pytest.approx(expected_accuracy)
+    assert training.run_epoch(mlp, [], progress=False) == (0.0, 0.0)
+
+
 def test_run_epoch_crafts_in_eval_mode_and_steps_in_train_mode(mlp, blobs):
     modes = []
 
