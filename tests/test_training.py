@@ -1,7 +1,9 @@
+from functools import partial
+
 import pytest
 import torch
 
-from robustkit import data, training
+from robustkit import attacks, data, evaluation, models, training
 
 
 def train_blobs(mlp, blobs, epochs=5, **kwargs):
@@ -130,3 +132,99 @@ def test_train_from_config_reaches_95_percent_quickly_on_mnist():
     metrics = training.train_from_config(model, cfg, progress=False)
     assert metrics["test_accuracy"] >= 0.95
     assert metrics["history"][-1]["train_loss"] < metrics["history"][0]["train_loss"]
+
+
+def scripted_val_attack(peak_epoch):
+    """A `val_attack` whose robust accuracy peaks at `peak_epoch`: it returns x then,
+    and every other epoch another example's image (so mostly the wrong class)."""
+    calls = []
+
+    def attack(model, x, y):
+        calls.append(1)
+        return x if len(calls) == peak_epoch else x.roll(1, dims=0)
+
+    return attack
+
+
+def snapshots(model):
+    """A callback keeping the weights after every epoch, and the list it fills."""
+    states = []
+
+    def callback(row):
+        states.append({k: v.clone() for k, v in model.state_dict().items()})
+
+    return states, callback
+
+
+def test_keep_best_restores_the_epoch_with_the_best_robust_validation(mlp, blobs):
+    states, callback = snapshots(mlp)
+    history = train_blobs(
+        mlp,
+        blobs,
+        epochs=4,
+        val=blobs,
+        val_attack=scripted_val_attack(peak_epoch=2),
+        keep_best=True,
+        callback=callback,
+    )
+    scores = [r["val_robust_accuracy"] for r in history]
+    assert len(history) == 4 and scores.index(max(scores)) == 1
+    for key, value in mlp.state_dict().items():
+        assert torch.equal(value, states[1][key])  # epoch 2's weights, not epoch 4's
+    assert not all(torch.equal(v, states[3][k]) for k, v in mlp.state_dict().items())
+
+
+def test_without_guards_the_last_epoch_is_kept(mlp, blobs):
+    states, callback = snapshots(mlp)
+    train_blobs(
+        mlp,
+        blobs,
+        epochs=3,
+        val=blobs,
+        val_attack=scripted_val_attack(peak_epoch=1),
+        callback=callback,
+    )
+    assert all(torch.equal(v, states[-1][k]) for k, v in mlp.state_dict().items())
+
+
+def test_collapse_guard_stops_and_rolls_back(mlp, blobs):
+    states, callback = snapshots(mlp)
+    history = train_blobs(
+        mlp,
+        blobs,
+        epochs=5,
+        val=blobs,
+        val_attack=scripted_val_attack(peak_epoch=2),
+        collapse_drop=0.2,
+        callback=callback,
+    )
+    assert len(history) == 3  # the drop after the peak stops training at once
+    assert all(torch.equal(v, states[1][k]) for k, v in mlp.state_dict().items())
+
+
+def test_catastrophic_overfitting_is_detected_when_forced():
+    """FGSM without a random start at a high learning rate (Wong et al. 2020): PGD
+    accuracy on held-out images rises, then collapses while training goes on. The
+    guard stops there and rolls back to the best epoch."""
+    splits = data.load("mnist", n_train=5_000, n_val=500, n_test=0, seed=0)
+    val = (splits.x_val, splits.y_val)
+    val_attack = partial(attacks.pgd, eps=0.15, alpha=0.15 / 8, steps=20)
+    torch.manual_seed(0)
+    model = models.create("small_cnn")
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    history = training.fit(
+        model,
+        data.Batches(splits.x_train, splits.y_train, batch_size=100, shuffle=True),
+        opt=opt,
+        epochs=8,
+        attack=partial(attacks.fgsm, eps=0.15),  # no random start
+        val=val,
+        val_attack=val_attack,
+        collapse_drop=0.1,
+        progress=False,
+    )
+    scores = [r["val_robust_accuracy"] for r in history]
+    assert len(history) < 8, scores  # stopped early
+    assert scores[-1] < max(scores) - 0.1 and max(scores) > 0.3
+    restored = evaluation.robust_accuracy(model, [val], val_attack)
+    assert restored == pytest.approx(max(scores), abs=0.03)
