@@ -31,14 +31,16 @@ QUICK = {
         APGD_STEPS=20, CW_STEPS=50, CW_SEARCH=4, SQUARE_QUERIES=200, N_SANITY=100,
     ),
     "03_adversarial_training.ipynb": dict(
-        N_TRAIN=3_000, N_VAL=300, EPOCHS=3, EPS=0.15, PGD_STEPS=3, PGD_ALPHA=0.125,
+        N_TRAIN=3_000, N_VAL=300, EPOCHS=3, FGSM_EPOCHS=3, EPS=0.15, PGD_STEPS=3,
+        PGD_ALPHA=0.125,
         N_TEST=200, EVAL_STEPS=20, N_TARGETS=1, SQUARE_QUERIES=100,
         EPS_VALUES=[0.0, 0.15, 0.3], CURVE_STEPS=5, CO_N_TRAIN=2_000, CO_EPOCHS=2,
         BETAS=[0.1, 6.0], SWEEP_N_TRAIN=1_000, SWEEP_EPOCHS=2, SWEEP_STEPS=2,
         TIMING_N=500,
     ),
     "04_defensive_distillation.ipynb": dict(
-        N_TRAIN=5_000, EPOCHS=5, TEMPERATURES=[1.0, 100.0], N_TEST=200, STEPS=10,
+        N_TRAIN=5_000, EPOCHS=5, BASELINE_EPOCHS=5, TEMPERATURES=[1.0, 100.0],
+        N_TEST=200, STEPS=10,
         EPS_VALUES=[0.0, 0.15, 0.3], CW_STEPS=50, CW_SEARCH=3, N_SANITY=100,
     ),
     "05_input_transformations.ipynb": dict(

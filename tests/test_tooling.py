@@ -202,3 +202,7 @@ def test_workflow_calls_only_existing_make_targets_and_modules():
     )
     for module in re.findall(r"-m\s+robustkit\.(\w+)", commands):
         assert (ROOT / "robustkit" / f"{module}.py").exists(), module
+    # the notebooks job executes the notebooks once, with its matrix's parameters;
+    # `make html` (which depends on `make run`) would run them again at teaching size
+    runs = [c for c in workflow_commands() if "robustkit.runner" in c]
+    assert len(runs) == 1 and "make html" not in commands

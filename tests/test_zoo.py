@@ -138,7 +138,7 @@ def test_options_left_at_none_do_not_change_the_key():
 
 def test_every_shipped_model_verifies_and_loads_without_training():
     manifest = json.loads((zoo.SHIPPED_DIR / "manifest.json").read_text())
-    assert {e["name"] for e in manifest} >= {"baseline", "fgsm_rs", "pgd"}
+    assert {e["name"] for e in manifest} == set(zoo.SHIPPED)
 
     def no_training(model, config):
         raise AssertionError("a shipped model was retrained")
@@ -153,3 +153,10 @@ def test_every_shipped_model_verifies_and_loads_without_training():
             model, metrics = zoo.load_or_train(entry["name"], cfg, no_training)
         assert 0 <= entry["robust_accuracy"] <= entry["clean_accuracy"] <= 1
         assert metrics["test_accuracy"] >= 0.98  # the clean-accuracy bar
+
+
+def test_readme_table_of_shipped_models_is_the_manifest():
+    manifest = json.loads((zoo.SHIPPED_DIR / "manifest.json").read_text())
+    assert all(e["train_device"] for e in manifest)
+    readme = (zoo.SHIPPED_DIR.parents[1] / "README.md").read_text()
+    assert zoo.manifest_table() in readme, "run python -m robustkit.zoo --table"
