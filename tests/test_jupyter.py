@@ -1,6 +1,6 @@
 """JupyterLab for real: a server on loopback in this environment opens every notebook
-through its REST API, runs code through a kernel over the websocket protocol, and
-serves the ipywidgets extension. Where headless Chromium is installed, a browser also
+through its REST API, runs notebook 00 cell by cell on one of its kernels over the
+websocket protocol, and serves the ipywidgets extension. Where headless Chromium is installed, a browser also
 loads JupyterLab and takes a screenshot."""
 
 from __future__ import annotations
@@ -94,23 +94,15 @@ def test_the_ipywidgets_extension_is_served(lab):
     assert "jupyter-widgets-jupyterlab-manager" in names
 
 
-def test_a_kernel_runs_robustkit_code_over_the_websocket(lab):
-    from tornado.ioloop import IOLoop
+async def run_cells(lab: str, kernel_id: str, cells: list[str]) -> list[str]:
+    """Execute `cells` in order on a kernel over the websocket protocol, as JupyterLab
+    does; return what each printed (stdout and results). An error fails the test."""
     from tornado.websocket import websocket_connect
 
-    kernel = get(lab, "/api/kernels", "POST", {"name": "python3"})
-    code = (
-        "from robustkit import data, widgets\n"
-        "d = data.load('mnist', n_train=0, n_test=8)\n"
-        "print(tuple(d.x_test.shape), widgets.has_frontend())"
-    )
-
-    async def run() -> str:
-        url = (
-            lab.replace("http", "ws")
-            + f"/api/kernels/{kernel['id']}/channels?token={TOKEN}"
-        )
-        ws = await websocket_connect(url)
+    url = lab.replace("http", "ws") + f"/api/kernels/{kernel_id}/channels?token={TOKEN}"
+    ws = await websocket_connect(url)
+    session, printed = uuid.uuid4().hex, []
+    for number, code in enumerate(cells):
         msg_id = uuid.uuid4().hex
         ws.write_message(
             json.dumps(
@@ -119,7 +111,7 @@ def test_a_kernel_runs_robustkit_code_over_the_websocket(lab):
                         "msg_id": msg_id,
                         "msg_type": "execute_request",
                         "username": "test",
-                        "session": uuid.uuid4().hex,
+                        "session": session,
                         "version": "5.3",
                     },
                     "parent_header": {},
@@ -129,7 +121,7 @@ def test_a_kernel_runs_robustkit_code_over_the_websocket(lab):
                     "content": {
                         "code": code,
                         "silent": False,
-                        "store_history": False,
+                        "store_history": True,
                         "user_expressions": {},
                         "allow_stdin": False,
                     },
@@ -143,19 +135,62 @@ def test_a_kernel_runs_robustkit_code_over_the_websocket(lab):
                 continue
             if msg["msg_type"] == "stream":
                 out.append(msg["content"]["text"])
+            if msg["msg_type"] == "execute_result":
+                out.append(msg["content"]["data"].get("text/plain", ""))
             if msg["msg_type"] == "error":
-                raise AssertionError("\n".join(msg["content"]["traceback"]))
+                raise AssertionError(
+                    f"cell {number} failed:\n" + "\n".join(msg["content"]["traceback"])
+                )
             if (
                 msg["msg_type"] == "status"
                 and msg["content"]["execution_state"] == "idle"
             ):
-                return "".join(out)
+                break
+        printed.append("".join(out))
+    ws.close()
+    return printed
 
+
+def run_on_new_kernel(lab: str, cells: list[str], timeout: int) -> list[str]:
+    from tornado.ioloop import IOLoop
+
+    kernel = get(lab, "/api/kernels", "POST", {"name": "python3"})
     try:
-        printed = IOLoop.current().run_sync(run, timeout=120)
+        return IOLoop.current().run_sync(
+            lambda: run_cells(lab, kernel["id"], cells), timeout=timeout
+        )
     finally:
         get(lab, f"/api/kernels/{kernel['id']}", "DELETE")
+
+
+def test_a_kernel_runs_robustkit_code_over_the_websocket(lab):
+    code = (
+        "from robustkit import data, widgets\n"
+        "d = data.load('mnist', n_train=0, n_test=8)\n"
+        "print(tuple(d.x_test.shape), widgets.has_frontend())"
+    )
+    (printed,) = run_on_new_kernel(lab, [code], timeout=120)
     assert "(8, 1, 28, 28)" in printed
+
+
+def test_a_notebook_runs_cell_by_cell_through_a_kernel(lab):
+    """Notebook 00, fetched through the REST API and run on a kernel of the server,
+    cell after cell, with small parameters appended to its parameters cell (as
+    papermill injects them)."""
+    name = "00_setup_and_tour.ipynb"
+    nb = get(lab, f"/api/contents/notebooks/{name}")["content"]
+    small = {**runner.QUICK[name], "N_TRAIN": 1_000, "N_TEST": 200, "EPOCHS": 1}
+    cells = []
+    for cell in nb["cells"]:
+        if cell["cell_type"] != "code":
+            continue
+        source = "".join(cell["source"])
+        if "parameters" in cell["metadata"].get("tags", []):
+            source += "".join(f"\n{k} = {v!r}" for k, v in small.items())
+        cells.append(source)
+    cells.append("print('results', sorted(results))")
+    printed = run_on_new_kernel(lab, cells, timeout=600)
+    assert "test_accuracy" in printed[-1] and "n_train" in printed[-1]
 
 
 @pytest.mark.skipif(
