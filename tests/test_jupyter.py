@@ -1,7 +1,7 @@
 """JupyterLab for real: a server on loopback in this environment opens every notebook
 through its REST API, runs notebook 00 cell by cell on one of its kernels over the
-websocket protocol, and serves the ipywidgets extension. Where headless Chromium is installed, a browser also
-loads JupyterLab and takes a screenshot."""
+websocket protocol, and serves the ipywidgets extension. Where headless Chromium is
+installed, a browser also loads JupyterLab and takes a screenshot."""
 
 from __future__ import annotations
 

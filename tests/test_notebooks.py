@@ -119,6 +119,17 @@ def check_00_full(r):
     assert r["final_train_loss"] < r["first_train_loss"]
 
 
+def check_03_full(r):
+    check_03(r)
+    pgd_at = r["models"].index("PGD-AT")
+    assert r["robust_accuracy"][pgd_at] >= 0.89  # the bar for PGD-AT
+    # catastrophic overfitting, live: plain FGSM's PGD accuracy rises, then collapses;
+    # FGSM-RS's does not; the guard stops early
+    fgsm, fgsm_rs = r["co_fgsm_val_robust"], r["co_fgsm_rs_val_robust"]
+    assert max(fgsm) - fgsm[-1] >= 0.15 and fgsm_rs[-1] >= fgsm[-1] + 0.2
+    assert r["co_guarded_epochs"] < r["co_epochs"]
+
+
 def check_04_full(r):
     check_04(r)
     hi = r["temperatures"].index(max(r["temperatures"]))
@@ -199,6 +210,7 @@ def test_notebook_runs_and_records_results(path, tmp_path):
 FULL_CHECKS = {
     **CHECKS,
     "00_setup_and_tour.ipynb": check_00_full,
+    "03_adversarial_training.ipynb": check_03_full,
     "04_defensive_distillation.ipynb": check_04_full,
 }
 
