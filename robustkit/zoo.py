@@ -128,12 +128,11 @@ def save(path: Path, model: nn.Module, name: str, config: dict, metrics: dict) -
 
 def _candidates(name: str, key: str) -> list[tuple[Path, str | None]]:
     """Shipped checkpoint for `key` (with its manifest SHA-256), then the cache file."""
-    found = []
-    manifest = SHIPPED_DIR / "manifest.json"
-    if manifest.exists():
-        for entry in json.loads(manifest.read_text()):
-            if entry["name"] == name and entry["key"] == key:
-                found.append((SHIPPED_DIR / entry["file"], entry["sha256"]))
+    found = [
+        (SHIPPED_DIR / entry["file"], entry["sha256"])
+        for entry in _read_manifest(SHIPPED_DIR / "manifest.json")
+        if entry["name"] == name and entry["key"] == key
+    ]
     cached = cache_dir() / "zoo" / f"{name}-{key}.pt"
     if cached.exists():
         found.append((cached, None))
