@@ -156,6 +156,10 @@ def snapshots(model):
     return states, callback
 
 
+def same_weights(model, state):
+    return all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
 def test_keep_best_restores_the_epoch_with_the_best_robust_validation(mlp, blobs):
     states, callback = snapshots(mlp)
     history = train_blobs(
@@ -169,9 +173,8 @@ def test_keep_best_restores_the_epoch_with_the_best_robust_validation(mlp, blobs
     )
     scores = [r["val_robust_accuracy"] for r in history]
     assert len(history) == 4 and scores.index(max(scores)) == 1
-    for key, value in mlp.state_dict().items():
-        assert torch.equal(value, states[1][key])  # epoch 2's weights, not epoch 4's
-    assert not all(torch.equal(v, states[3][k]) for k, v in mlp.state_dict().items())
+    assert same_weights(mlp, states[1])  # epoch 2's weights, not epoch 4's
+    assert not same_weights(mlp, states[3])
 
 
 def test_without_guards_the_last_epoch_is_kept(mlp, blobs):
@@ -184,7 +187,7 @@ def test_without_guards_the_last_epoch_is_kept(mlp, blobs):
         val_attack=scripted_val_attack(peak_epoch=1),
         callback=callback,
     )
-    assert all(torch.equal(v, states[-1][k]) for k, v in mlp.state_dict().items())
+    assert same_weights(mlp, states[-1])
 
 
 def test_collapse_guard_stops_and_rolls_back(mlp, blobs):
@@ -199,7 +202,7 @@ def test_collapse_guard_stops_and_rolls_back(mlp, blobs):
         callback=callback,
     )
     assert len(history) == 3  # the drop after the peak stops training at once
-    assert all(torch.equal(v, states[1][k]) for k, v in mlp.state_dict().items())
+    assert same_weights(mlp, states[1])
 
 
 def test_catastrophic_overfitting_is_detected_when_forced():
