@@ -2,8 +2,11 @@
 
 MNIST ships with the repository (`data/mnist/`, the four official IDX files) and
 loads offline. Fashion-MNIST and CIFAR-10 go through torchvision's downloader into
-`ROBUSTKIT_DATA` (default `<repo>/data/downloads`). Loaders never normalize: the
-model's first layer does (`models.Normalize`), so `eps` is always in pixel units.
+`ROBUSTKIT_DATA` (default `<repo>/data/downloads`). Every load verifies the files:
+their checksums (SHA-256 for the shipped MNIST, torchvision's MD5s for the
+downloads) and the official counts, image shape and label range. Loaders never
+normalize: the model's first layer does (`models.Normalize`), so `eps` is always in
+pixel units.
 """
 
 from __future__ import annotations
@@ -38,6 +41,14 @@ IDX_STEMS = (
     "t10k-labels-idx1-ubyte",
 )
 CIFAR_FILES = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch")
+# Examples per split (train, test) and the shape of one image, checked on every load.
+COUNTS = {
+    "mnist": (60_000, 10_000),
+    "fashion_mnist": (60_000, 10_000),
+    "cifar10": (50_000, 10_000),
+}
+SHAPES = {"mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
+FASHION_URL = "https://github.com/zalandoresearch/fashion-mnist"
 
 CLASSES = {
     "mnist": tuple(str(d) for d in range(10)),
@@ -75,7 +86,7 @@ MEAN_STD = {
 DOWNLOAD_HELP = {
     "fashion_mnist": "the four files train-images-idx3-ubyte.gz,"
     " train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz from"
-    " https://github.com/zalandoresearch/fashion-mnist (folder data/fashion)",
+    f" {FASHION_URL} (folder data/fashion)",
     "cifar10": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz, extracted so"
     " that the folder cifar-10-batches-py sits",
 }
@@ -232,6 +243,17 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def official_md5(name: str) -> dict[str, str]:
+    """MD5 of each official file of a downloaded dataset ("fashion_mnist": the .gz
+    files, "cifar10": the batch files), from the tables torchvision's downloader
+    checks against."""
+    import torchvision.datasets as tvd
+
+    if name == "fashion_mnist":
+        return dict(tvd.FashionMNIST.resources)
+    return dict(tvd.CIFAR10.train_list + tvd.CIFAR10.test_list)
+
+
 def _read_mnist(download: bool) -> tuple[np.ndarray, ...]:
     folder = SHIPPED / "mnist"
     restore = (
@@ -243,14 +265,17 @@ def _read_mnist(download: bool) -> tuple[np.ndarray, ...]:
             raise DataFileError(f"MNIST file {path} is missing: {restore}")
         if sha256(path) != digest:
             raise DataFileError(f"MNIST file {path} fails its SHA-256 check: {restore}")
-    return _idx_arrays(folder, ".gz", restore)
+    return _idx_arrays("mnist", folder, ".gz", restore)
 
 
-def _idx_arrays(folder: Path, suffix: str, fix: str) -> tuple[np.ndarray, ...]:
-    x_train, y_train, x_test, y_test = (
-        read_idx(folder / (s + suffix), fix) for s in IDX_STEMS
-    )
-    return x_train[:, None], y_train, x_test[:, None], y_test  # (N, 1, 28, 28)
+def _idx_arrays(
+    name: str, folder: Path, suffix: str, fix: str
+) -> tuple[np.ndarray, ...]:
+    paths = [folder / (s + suffix) for s in IDX_STEMS]
+    x_train, y_train, x_test, y_test = (read_idx(path, fix) for path in paths)
+    arrays = x_train[:, None], y_train, x_test[:, None], y_test  # (N, 1, 28, 28)
+    _check_splits(name, arrays, paths, fix)
+    return arrays
 
 
 def _read_fashion(download: bool) -> tuple[np.ndarray, ...]:
@@ -259,17 +284,63 @@ def _read_fashion(download: bool) -> tuple[np.ndarray, ...]:
     if suffix is None:
         _download("fashion_mnist", raw, download)
         suffix = _present(raw, IDX_STEMS, (".gz", ""))
-    return _idx_arrays(raw, suffix, "delete it and load again to re-download it")
+    fix = (
+        "delete it and load again to re-download it, or put the official file "
+        f"from {FASHION_URL} there"
+    )
+    # only the .gz files have official checksums; uncompressed ones get the counts
+    _check_md5("fashion_mnist", [raw / (s + suffix) for s in IDX_STEMS], fix)
+    return _idx_arrays("fashion_mnist", raw, suffix, fix)
 
 
 def _read_cifar(download: bool) -> tuple[np.ndarray, ...]:
     folder = download_dir() / "cifar-10-batches-py"
     if _present(folder, CIFAR_FILES, ("",)) is None:
         _download("cifar10", folder, download)
+    fix = f"delete {folder} and load again to re-download it"
+    _check_md5("cifar10", [folder / f for f in CIFAR_FILES], fix)
     parts = [_read_cifar_batch(folder / f) for f in CIFAR_FILES]
     x_train = np.concatenate([x for x, _ in parts[:5]])
     y_train = np.concatenate([y for _, y in parts[:5]])
-    return x_train, y_train, *parts[5]
+    arrays = x_train, y_train, *parts[5]
+    train, test = folder / "data_batch_[1-5]", folder / "test_batch"
+    _check_splits("cifar10", arrays, [train, train, test, test], fix)
+    return arrays
+
+
+def _check_md5(name: str, paths: list[Path], fix: str) -> None:
+    """Refuse a file whose MD5 differs from the official one (where there is one)."""
+    from torchvision.datasets.utils import check_integrity
+
+    table = official_md5(name)
+    for path in paths:
+        if path.name in table and not check_integrity(path, table[path.name]):
+            raise DataFileError(
+                f"{path} fails its MD5 check: it is not the official {name} file "
+                f"(another dataset's, or a damaged download); {fix}"
+            )
+
+
+def _check_splits(
+    name: str, arrays: tuple[np.ndarray, ...], paths: list[Path], fix: str
+) -> None:
+    """Refuse splits (x_train, y_train, x_test, y_test), read from `paths`, whose
+    sizes, image shape or labels are not those of dataset `name`."""
+    k, shape = len(CLASSES[name]), SHAPES[name]
+    splits = zip((arrays[:2], arrays[2:]), (paths[:2], paths[2:]), COUNTS[name])
+    for (x, y), (x_path, y_path), n in splits:
+        y_lo, y_hi = int(y.min(initial=0)), int(y.max(initial=0))
+        if len(x) != len(y):
+            problem = f"{x_path} has {len(x):,} images but {y_path} {len(y):,} labels"
+        elif len(x) != n:
+            problem = f"{x_path} has {len(x):,} images where {name} has {n:,}"
+        elif x.shape[1:] != shape:
+            problem = f"{x_path} has images of shape {x.shape[1:]}, not {shape}"
+        elif y_lo < 0 or y_hi >= k:
+            problem = f"{y_path} has labels outside 0-{k - 1} (min {y_lo}, max {y_hi})"
+        else:
+            continue
+        raise DataFileError(f"{problem}: {fix}")
 
 
 def _present(

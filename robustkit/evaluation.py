@@ -13,24 +13,34 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from robustkit import attacks
+from robustkit.attacks.core import restores_buffers
 from robustkit.types import Attack, Bounds, Loader, Model, Norm
+
+_NO_EXAMPLES = "the loader yielded no examples: an accuracy needs at least one"
 
 
 @torch.no_grad()
 def predict(model: Model, x: Tensor, *, batch_size: int = 1024) -> Tensor:
     """Predicted classes argmax_k h(x)_k, shape (N,), computed in batches."""
+    if not len(x):
+        return torch.zeros(0, dtype=torch.long, device=x.device)
     return torch.cat(
         [model(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)]
     )
 
 
 def accuracy(model: Model, loader: Loader, *, progress: bool = False) -> float:
-    """Fraction of examples in `loader` that the model classifies correctly."""
+    """Fraction of examples in `loader` that the model classifies correctly.
+
+    Raises ValueError if the loader yields no examples (there is nothing to count).
+    """
     correct = total = 0
     for x, y in tqdm(loader, desc="accuracy", leave=False, disable=not progress):
         correct += (predict(model, x) == y).sum().item()
         total += len(y)
-    return correct / max(total, 1)
+    if not total:
+        raise ValueError(_NO_EXAMPLES)
+    return correct / total
 
 
 def robust_accuracy(
@@ -103,7 +113,7 @@ def worst_case(
     attack runs only on the examples that survived the previous ones (as AutoAttack
     does), and `per_attack[name]` is the accuracy left after that attack. With
     `independent=True` every attack runs on every clean-correct example and
-    `per_attack[name]` is its accuracy alone.
+    `per_attack[name]` is its accuracy alone. An empty loader is a ValueError.
     """
     if not attack_set:
         raise ValueError("attack_set is empty: give at least one attack")
@@ -121,8 +131,10 @@ def worst_case(
             counts[name] += int(survived.sum())
         clean_parts.append(clean)
         robust_parts.append(robust)
+    n = sum(len(part) for part in clean_parts)
+    if not n:
+        raise ValueError(_NO_EXAMPLES)
     clean, robust = torch.cat(clean_parts), torch.cat(robust_parts)
-    n = max(len(clean), 1)
     return WorstCase(
         int(clean.sum()) / n,
         int(robust.sum()) / n,
@@ -176,6 +188,7 @@ class SanityReport(list):
         )
 
 
+@restores_buffers
 def sanity_checks(
     model: Model,
     x: Tensor,

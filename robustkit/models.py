@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robustkit.data import MEAN_STD
+from robustkit.data import MEAN_STD, SHAPES
 
 
 class Normalize(nn.Module):
@@ -126,14 +126,36 @@ ARCHITECTURES = {
     "small_cnn": small_cnn,
     "preact_resnet18": preact_resnet18,
 }
+# The image shape (C, H, W) each architecture is built for; None: any (its channels
+# follow the dataset, and adaptive pooling takes any size).
+INPUT_SHAPES = {
+    "mnist_cnn": (1, 28, 28),
+    "small_cnn": (1, 28, 28),
+    "preact_resnet18": None,
+}
 
 
 def create(arch: str, dataset: str = "mnist") -> nn.Sequential:
-    """Build the architecture named `arch` for `dataset` (with its Normalize layer)."""
-    if arch not in ARCHITECTURES:
+    """Build the architecture named `arch` for `dataset` (with its Normalize layer).
+
+    Raises ValueError for an unknown name, or an architecture that cannot take the
+    dataset's images (the message says which ones can).
+    """
+    if not (isinstance(arch, str) and arch in ARCHITECTURES):
         raise ValueError(
             f"unknown architecture {arch!r}: use one of {sorted(ARCHITECTURES)}"
         )
-    if dataset not in MEAN_STD:
+    if not (isinstance(dataset, str) and dataset in MEAN_STD):
         raise ValueError(f"unknown dataset {dataset!r}: use one of {sorted(MEAN_STD)}")
+    takes, shape = INPUT_SHAPES[arch], SHAPES[dataset]
+    if takes is not None and takes != shape:
+        fits = [name for name, s in INPUT_SHAPES.items() if s in (None, shape)]
+        raise ValueError(
+            f"{arch} takes {_shape(takes)} images; {dataset} has {_shape(shape)}: "
+            f"use {' or '.join(fits)}"
+        )
     return ARCHITECTURES[arch](dataset)
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "x".join(map(str, shape))

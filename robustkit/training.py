@@ -291,12 +291,60 @@ RECIPES = {
 }
 RECIPES["distillation"] = dict(temperature=100.0)
 VAL_BATCH = 1_000  # held-out examples the guards attack after each epoch
+SCHEDULES = ("constant", "step", "cyclic", "cosine")  # the kinds of lr_schedule
+
+
+def _number(
+    low: float,
+    high: float = math.inf,
+    *,
+    above: bool = False,
+    integer: bool = False,
+    optional: bool = False,
+) -> Callable[[object], bool]:
+    """A config rule: a finite number in [low, high] (> low if `above`; an int if
+    `integer`; or None if `optional`). A bool is not a number here."""
+    types = int if integer else (int, float)
+
+    def rule(v: object) -> bool:
+        if v is None:
+            return optional
+        if isinstance(v, bool) or not isinstance(v, types) or not math.isfinite(v):
+            return False
+        return (v > low if above else v >= low) and v <= high
+
+    return rule
+
+
+# key -> (rule, the values it allows); `config` checks every key against its rule
+CONFIG_RULES = {
+    "arch": (lambda v: v in list(models.ARCHITECTURES), sorted(models.ARCHITECTURES)),
+    "dataset": (lambda v: v in list(data.CLASSES), sorted(data.CLASSES)),
+    "n_train": (_number(1, integer=True), "an int >= 1"),
+    "n_val": (_number(0, integer=True), "an int >= 0"),
+    "seed": (_number(0, integer=True), "an int >= 0"),
+    "recipe": (lambda v: v in list(RECIPES), sorted(RECIPES)),
+    "epochs": (_number(1, integer=True), "an int >= 1"),
+    "batch_size": (_number(1, integer=True), "an int >= 1"),
+    "optimizer": (lambda v: v in ("adam", "sgd"), "'adam' or 'sgd'"),
+    "lr": (_number(0, above=True), "a finite number > 0"),
+    "schedule": (lambda v: v in SCHEDULES, list(SCHEDULES)),
+    "eps": (_number(0, optional=True), "None or a finite number >= 0"),
+    "alpha": (_number(0, optional=True), "None or a finite number >= 0"),
+    "attack_steps": (_number(1, integer=True, optional=True), "None or an int >= 1"),
+    "random_start": (lambda v: v is None or isinstance(v, bool), "None or a bool"),
+    "beta": (_number(0, optional=True), "None or a finite number >= 0"),
+    "eps_warmup": (_number(0, 1, optional=True), "None or a number in [0, 1]"),
+    "temperature": (_number(0, above=True, optional=True), "None or a number > 0"),
+    "guard": (lambda v: v in (None, "best", "collapse"), "None, 'best' or 'collapse'"),
+}
 
 
 def config(recipe: str = "standard", **overrides) -> dict:
     """A complete training config: DEFAULT_CONFIG, then the recipe's defaults, then
-    `overrides`. Unknown keys are an error rather than a typo silently cached."""
-    if recipe not in RECIPES:
+    `overrides`. Unknown keys and values that training cannot use (CONFIG_RULES) are
+    an error rather than a typo silently cached."""
+    if not (isinstance(recipe, str) and recipe in RECIPES):
         raise ValueError(f"unknown recipe {recipe!r}: use one of {sorted(RECIPES)}")
     unknown = set(overrides) - set(DEFAULT_CONFIG)
     if unknown:
@@ -304,6 +352,15 @@ def config(recipe: str = "standard", **overrides) -> dict:
             f"unknown config keys {sorted(unknown)}: use {sorted(DEFAULT_CONFIG)}"
         )
     cfg = {**DEFAULT_CONFIG, **RECIPES[recipe], **overrides, "recipe": recipe}
+    bad = [
+        f"{key}={cfg[key]!r} (use {allowed})"
+        for key, (ok, allowed) in CONFIG_RULES.items()
+        if not ok(cfg[key])
+    ]
+    if cfg["guard"] is not None and cfg["n_val"] == 0:
+        bad.append(f"guard={cfg['guard']!r} with n_val=0 (the guards need n_val >= 1)")
+    if bad:
+        raise ValueError("bad config values: " + "; ".join(bad))
     # 1.25 * 0.3 and 0.375 must name the same model: floats keep 10 significant digits
     return {
         k: float(f"{v:.10g}") if isinstance(v, float) else v for k, v in cfg.items()

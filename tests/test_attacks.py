@@ -8,7 +8,7 @@ from functools import partial
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -21,6 +21,21 @@ def conv_net(seed=0):
     return nn.Sequential(
         nn.Conv2d(1, 4, 3, padding=1),
         nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16, 10),
+    )
+
+
+def bn_net(seed=0):
+    """conv_net with BatchNorm and Dropout: in train mode a forward pass changes the
+    running statistics and is random, which the attacks must survive and undo."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Dropout(0.2),
         nn.AdaptiveAvgPool2d(2),
         nn.Flatten(),
         nn.Linear(16, 10),
@@ -139,17 +154,23 @@ CASES = [(name, norm) for name, (_, norms, _) in ATTACKS.items() for norm in nor
 @pytest.mark.parametrize("name, norm", CASES, ids=[f"{a}-{n}" for a, n in CASES])
 @settings(max_examples=8, deadline=None)
 @given(
-    n=st.integers(1, 5),
+    n=st.integers(0, 5),
     h=st.integers(4, 9),
     w=st.integers(4, 9),
     eps=st.floats(0.01, 0.6),
     train_mode=st.booleans(),
     seed=st.integers(0, 2**16),
 )
+@example(n=0, h=4, w=5, eps=0.1, train_mode=False, seed=0)  # an empty batch
+@example(n=3, h=5, w=4, eps=0.3, train_mode=True, seed=1)  # BatchNorm updating
 def test_universal_invariants(name, norm, n, h, w, eps, train_mode, seed):
     attack, _, bounded = ATTACKS[name]
-    model = conv_net()
+    model = bn_net()
+    with torch.no_grad():  # running statistics that a forward pass would change
+        model[1].running_mean.uniform_(-0.5, 0.5)
+        model[1].running_var.uniform_(0.5, 2.0)
     model.train(train_mode)
+    state = copy.deepcopy(model.state_dict())
     gen = torch.Generator().manual_seed(seed)
     x = torch.rand(n, 1, h, w, generator=gen)
     y = torch.randint(0, 10, (n,), generator=gen)
@@ -161,7 +182,7 @@ def test_universal_invariants(name, norm, n, h, w, eps, train_mode, seed):
     )
     assert not x_adv.requires_grad and x_adv is not x
     assert torch.equal(x, x_before), "the input was modified"
-    assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0, "left the bounds"
+    assert ((x_adv >= 0.0) & (x_adv <= 1.0)).all(), "left the bounds"
     if bounded:
         assert (
             attacks.perturbation_norm(x_adv, x, norm) <= eps * (1 + 1e-5) + 1e-6
@@ -169,7 +190,9 @@ def test_universal_invariants(name, norm, n, h, w, eps, train_mode, seed):
     assert all(p.grad is None for p in model.parameters()), (
         "gradients left on parameters"
     )
-    assert model.training == train_mode, "the model's mode changed"
+    assert all(m.training == train_mode for m in model.modules()), "mode changed"
+    after = model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in state.items()), "buffers changed"
 
 
 @pytest.mark.parametrize(

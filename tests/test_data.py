@@ -1,4 +1,5 @@
 import gzip
+import hashlib
 import pickle
 import shutil
 import urllib.error
@@ -45,6 +46,23 @@ def write_fake_cifar(folder, n_per_batch=6):
         }
         with open(folder / name, "wb") as f:
             pickle.dump(batch, f)
+
+
+@pytest.fixture
+def official(monkeypatch):
+    """Pass the small fake files of a test off as the official ones: bless(folder)
+    puts their MD5s in place of torchvision's table, and the official counts become
+    those the write_fake_* helpers use by default."""
+    table = {}
+    monkeypatch.setattr(data, "official_md5", lambda name: table)
+    counts = {"fashion_mnist": (30, 20), "cifar10": (30, 6)}
+    monkeypatch.setattr(data, "COUNTS", {**data.COUNTS, **counts})
+
+    def bless(folder):
+        for path in folder.iterdir():
+            table[path.name] = hashlib.md5(path.read_bytes()).hexdigest()
+
+    return bless
 
 
 # ------------------------------------------------------------------ MNIST (shipped)
@@ -144,9 +162,12 @@ def test_truncated_idx_is_a_clear_error(tmp_path):
 # ------------------------------------------------- downloaded datasets (fake files)
 
 
-def test_fashion_mnist_from_files_in_the_torchvision_layout(tmp_path, monkeypatch):
+def test_fashion_mnist_from_files_in_the_torchvision_layout(
+    tmp_path, monkeypatch, official
+):
     monkeypatch.setenv("ROBUSTKIT_DATA", str(tmp_path))
     arrays = write_fake_idx_dataset(tmp_path / "FashionMNIST" / "raw")
+    official(tmp_path / "FashionMNIST" / "raw")
     d = data.load("fashion_mnist", n_val=5, device="cpu", download=False)
     assert d.x_train.shape == (25, 1, 28, 28) and d.x_test.shape == (20, 1, 28, 28)
     expected = torch.from_numpy(arrays["t10k-images-idx3-ubyte"]).float() / 255
@@ -154,18 +175,19 @@ def test_fashion_mnist_from_files_in_the_torchvision_layout(tmp_path, monkeypatc
     assert d.classes[0] == "T-shirt/top"
 
 
-def test_fashion_mnist_uncompressed_files_also_load(tmp_path, monkeypatch):
+def test_fashion_mnist_uncompressed_files_also_load(tmp_path, monkeypatch, official):
     monkeypatch.setenv("ROBUSTKIT_DATA", str(tmp_path))
     write_fake_idx_dataset(tmp_path / "FashionMNIST" / "raw", compress=False)
     assert len(data.load("fashion_mnist", download=False).x_train) == 30
 
 
-def test_corrupt_download_names_file_and_fix(tmp_path, monkeypatch):
+def test_corrupt_download_names_file_and_fix(tmp_path, monkeypatch, official):
     monkeypatch.setenv("ROBUSTKIT_DATA", str(tmp_path))
     raw = tmp_path / "FashionMNIST" / "raw"
     write_fake_idx_dataset(raw)
     path = raw / "train-labels-idx1-ubyte.gz"
     path.write_bytes(path.read_bytes()[:-4])
+    official(raw)  # its checksum matches: the gzip reader must catch the truncation
     with pytest.raises(data.DataFileError, match="train-labels.*re-download"):
         data.load("fashion_mnist", download=False)
 
@@ -192,21 +214,108 @@ def test_failed_download_says_what_to_get_and_where(tmp_path, monkeypatch):
         data.load("cifar10")
 
 
-def test_cifar10_from_files_in_the_torchvision_layout(tmp_path, monkeypatch):
+def test_cifar10_from_files_in_the_torchvision_layout(tmp_path, monkeypatch, official):
     monkeypatch.setenv("ROBUSTKIT_DATA", str(tmp_path))
     write_fake_cifar(tmp_path / "cifar-10-batches-py")
+    official(tmp_path / "cifar-10-batches-py")
     d = data.load("cifar10", n_test=4, download=False)
     assert d.x_train.shape == (30, 3, 32, 32) and d.x_test.shape == (4, 3, 32, 32)
     assert 0 <= d.x_train.min() and d.x_train.max() <= 1 and d.classes[-1] == "truck"
 
 
-def test_cifar_pickle_with_code_is_refused(tmp_path, monkeypatch):
+def test_cifar_pickle_with_code_is_refused(tmp_path, monkeypatch, official):
     monkeypatch.setenv("ROBUSTKIT_DATA", str(tmp_path))
     folder = tmp_path / "cifar-10-batches-py"
     write_fake_cifar(folder)
     with open(folder / "test_batch", "wb") as f:
         pickle.dump({"data": print, "labels": []}, f)  # a global that is not an array
+    official(folder)  # past the checksum: the unpickler itself must refuse it
     with pytest.raises(data.DataFileError, match="test_batch.*re-download"):
+        data.load("cifar10", download=False)
+
+
+# ------------------------------------------------ verified against official tables
+
+
+def test_mnist_files_in_the_fashion_mnist_folder_are_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("ROBUSTKIT_DATA", str(tmp_path))
+    raw = tmp_path / "FashionMNIST" / "raw"
+    shutil.copytree(data.SHIPPED / "mnist", raw)  # the right names, the wrong data
+    with pytest.raises(
+        data.DataFileError, match="train-images-idx3-ubyte.gz fails its MD5.*re-down"
+    ):
+        data.load("fashion_mnist", download=False)
+
+
+def test_official_md5_tables_are_torchvisions():
+    import torchvision.datasets as tvd
+
+    fashion = data.official_md5("fashion_mnist")
+    assert set(fashion) == {s + ".gz" for s in data.IDX_STEMS}
+    assert fashion == dict(tvd.FashionMNIST.resources)
+    assert set(data.official_md5("cifar10")) == set(data.CIFAR_FILES)
+
+
+def test_fake_files_fail_the_official_checksums(tmp_path, monkeypatch):
+    monkeypatch.setenv("ROBUSTKIT_DATA", str(tmp_path))
+    write_fake_cifar(tmp_path / "cifar-10-batches-py")
+    with pytest.raises(data.DataFileError, match="data_batch_1 fails its MD5"):
+        data.load("cifar10", download=False)
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_a_fashion_mnist_count_unlike_the_official_one_is_refused(
+    tmp_path, monkeypatch, compress
+):
+    """Uncompressed IDX files have no official checksum; their counts are checked."""
+    monkeypatch.setenv("ROBUSTKIT_DATA", str(tmp_path))
+    monkeypatch.setattr(data, "official_md5", lambda name: {})  # past the checksums
+    write_fake_idx_dataset(tmp_path / "FashionMNIST" / "raw", compress=compress)
+    with pytest.raises(
+        data.DataFileError, match="train-images.* 30 images where fashion_mnist has"
+    ):
+        data.load("fashion_mnist", download=False)
+
+
+def test_images_and_labels_of_different_counts_are_refused(
+    tmp_path, monkeypatch, official
+):
+    monkeypatch.setenv("ROBUSTKIT_DATA", str(tmp_path))
+    raw = tmp_path / "FashionMNIST" / "raw"
+    write_fake_idx_dataset(raw)
+    write_idx(raw / "t10k-labels-idx1-ubyte.gz", np.arange(19) % 10)
+    official(raw)
+    with pytest.raises(
+        data.DataFileError, match="t10k-images.* 20 images but .*t10k-labels.* 19 lab"
+    ):
+        data.load("fashion_mnist", download=False)
+
+
+def test_labels_outside_the_classes_are_refused(tmp_path, monkeypatch, official):
+    monkeypatch.setenv("ROBUSTKIT_DATA", str(tmp_path))
+    raw = tmp_path / "FashionMNIST" / "raw"
+    write_fake_idx_dataset(raw)
+    write_idx(raw / "train-labels-idx1-ubyte.gz", np.arange(30) % 12)
+    official(raw)
+    with pytest.raises(
+        data.DataFileError, match="train-labels.*labels outside 0-9 .*max 11"
+    ):
+        data.load("fashion_mnist", download=False)
+
+
+def test_cifar_labels_and_counts_are_checked(tmp_path, monkeypatch, official):
+    monkeypatch.setenv("ROBUSTKIT_DATA", str(tmp_path))
+    folder = tmp_path / "cifar-10-batches-py"
+    write_fake_cifar(folder)
+    batch = {"data": np.zeros((6, 3072), np.uint8), "labels": [0, 1, 2, 3, 4, 10]}
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump(batch, f)
+    official(folder)
+    with pytest.raises(data.DataFileError, match="test_batch has labels outside 0-9"):
+        data.load("cifar10", download=False)
+    write_fake_cifar(folder, n_per_batch=7)
+    official(folder)
+    with pytest.raises(data.DataFileError, match="35 images where cifar10 has 30"):
         data.load("cifar10", download=False)
 
 

@@ -2,7 +2,8 @@
 
 Each approximately solves max_{delta in Delta} loss(h(x + delta), y) for a threat
 set Delta (an L-inf or L2 ball intersected with the valid input range). None of them
-changes the model's mode, leaves gradients on its parameters, or modifies x.
+changes the model's mode or buffers, leaves gradients on its parameters, or modifies
+x; each refuses inputs it cannot attack correctly (`core.check_args`).
 """
 
 from robustkit.attacks.apgd import apgd, apgd_t

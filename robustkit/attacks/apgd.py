@@ -12,12 +12,14 @@ from robustkit.attacks.core import (
     check_args,
     dlr_targeted,
     random_init,
+    restores_buffers,
     steepest_ascent,
     threat_set,
 )
 from robustkit.types import Bounds, LossFn, Model, Norm
 
 
+@restores_buffers
 def apgd(
     model: Model,
     x: Tensor,
@@ -63,7 +65,17 @@ def apgd(
         ensemble of diverse parameter-free attacks", ICML 2020.
         https://arxiv.org/abs/2003.01690
     """
-    check_args(x, y, eps=eps, norm=norm, bounds=bounds, steps=steps, restarts=restarts)
+    eps, steps, restarts, rho = check_args(
+        model,
+        x,
+        y,
+        norm=norm,
+        bounds=bounds,
+        eps=eps,
+        steps=steps,
+        restarts=restarts,
+        rho=rho,
+    )
     if isinstance(loss_fn, str):
         if loss_fn not in LOSSES:
             raise ValueError(
@@ -71,7 +83,7 @@ def apgd(
                 f"got {loss_fn!r}"
             )
         loss_fn = LOSSES[loss_fn]
-    if eps == 0:
+    if eps == 0 or not len(x):
         return x.clone()
     sign = -1.0 if targeted else 1.0
 
@@ -95,6 +107,7 @@ def apgd(
     )
 
 
+@restores_buffers
 def apgd_t(
     model: Model,
     x: Tensor,
@@ -123,11 +136,20 @@ def apgd_t(
     Returns:
         x_adv (detached), misclassified wherever any target run succeeded.
     """
-    check_args(
-        x, y, eps=eps, norm=norm, bounds=bounds, steps=steps, n_targets=n_targets
+    eps, steps, n_targets, restarts, rho = check_args(
+        model,
+        x,
+        y,
+        norm=norm,
+        bounds=bounds,
+        eps=eps,
+        steps=steps,
+        n_targets=n_targets,
+        restarts=restarts,
+        rho=rho,
     )
     x_adv = x.clone()
-    if eps == 0:
+    if eps == 0 or not len(x):
         return x_adv
     with torch.no_grad():
         logits = model(x)

@@ -7,10 +7,11 @@ import math
 import torch
 from torch import Tensor
 
-from robustkit.attacks.core import check_args, margin
+from robustkit.attacks.core import check_args, margin, restores_buffers
 from robustkit.types import Attack, Bounds, Model
 
 
+@restores_buffers
 @torch.no_grad()
 def square(
     model: Model,
@@ -50,8 +51,10 @@ def square(
         adversarial attack via random search", ECCV 2020.
         https://arxiv.org/abs/1912.00049
     """
-    check_args(x, y, eps=eps, bounds=bounds, queries=queries, p_init=p_init)
-    if eps == 0:
+    eps, queries, p_init = check_args(
+        model, x, y, bounds=bounds, eps=eps, queries=queries, p_init=p_init
+    )
+    if eps == 0 or not len(x):
         return x.clone()
     n, c, h, w = x.shape
     lo, hi = bounds

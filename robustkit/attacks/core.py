@@ -8,11 +8,16 @@ norm), `project` (back into the eps-ball) and `random_init` (a start inside it).
 
 from __future__ import annotations
 
+import functools
+import itertools
+import math
+import numbers
 from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from robustkit.types import Bounds, LossFn, Model, Norm
 
@@ -112,7 +117,7 @@ def random_init(x: Tensor, eps: float, norm: Norm) -> Tensor:
     # uniform in the L2 ball: a uniform direction times eps * U^(1/d)
     direction = torch.randn_like(x)
     direction = direction / _per_example(lp_norm(direction, "l2").clamp_min(1e-12), x)
-    d = x[0].numel()
+    d = math.prod(x.shape[1:])
     radius = eps * torch.rand(len(x), device=x.device, dtype=x.dtype) ** (1.0 / d)
     return direction * _per_example(radius, x)
 
@@ -144,37 +149,146 @@ def _per_example(values: Tensor, like: Tensor) -> Tensor:
 
 # ------------------------------------------------------------------ argument checks
 
+INTEGERS = ("steps", "restarts", "queries", "n_targets", "search_steps", "batch_size")
+AT_LEAST_ZERO = ("eps", "c", "kappa", "decay")  # every other number must be > 0
+Fn = TypeVar("Fn", bound=Callable[..., object])
+
 
 def check_args(
+    model: Model,
     x: Tensor,
     y: Tensor,
     *,
-    eps: float | None = None,
     norm: str = "linf",
     bounds: Bounds = (0.0, 1.0),
-    **positive: float,
-) -> None:
-    """Raise ValueError naming the first bad argument (shared by every attack)."""
-    if not torch.is_floating_point(x):
-        raise ValueError(f"x must be a float tensor, got dtype {x.dtype}")
-    if y.dtype != torch.int64 or y.shape != (len(x),):
-        raise ValueError(
-            f"y must be int64 of shape ({len(x)},), got {y.dtype} {tuple(y.shape)}"
-        )
+    **numbers: object,
+) -> tuple:
+    """Refuse what an attack cannot attack correctly (shared by every attack).
+
+    Raises ValueError naming the first bad argument: x not a float tensor in the
+    model's dtype, y not int64 (N,), an unknown norm, bad bounds, a bad number (see
+    `checked_number`), x with NaN, inf or values outside `bounds`, or labels outside
+    the model's classes. The data checks run once per call: one forward pass on
+    x[:2] (for the number of classes) and one host sync.
+
+    Args:
+        model, x, y, norm, bounds: As the attack was given them.
+        **numbers: The attack's numeric arguments, eps first where it has one.
+
+    Returns:
+        The values of `numbers` in the order given, as Python ints or floats.
+    """
+    if not (isinstance(x, Tensor) and torch.is_floating_point(x)):
+        raise ValueError(f"x must be a float tensor, got {getattr(x, 'dtype', x)!r}")
+    if not (isinstance(y, Tensor) and y.dtype == torch.int64 and y.shape == (len(x),)):
+        got = f"{y.dtype} {tuple(y.shape)}" if isinstance(y, Tensor) else repr(y)
+        raise ValueError(f"y must be int64 of shape ({len(x)},), got {got}")
     if norm not in NORMS:
         raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
-    if eps is not None and not (isinstance(eps, (int, float)) and eps >= 0):
-        raise ValueError(f"eps must be a number >= 0, got {eps!r}")
     lo, hi = bounds
     if not lo < hi:
         raise ValueError(f"bounds must satisfy low < high, got {bounds!r}")
-    if len(x) and (x.min() < lo or x.max() > hi):
+    values: dict[str, float | int] = {}
+    for name, value in numbers.items():
+        # eps = 0: nothing to search, so a zero step size is fine (alpha = eps / 4)
+        zero_ok = name in AT_LEAST_ZERO or (name == "alpha" and values.get("eps") == 0)
+        values[name] = checked_number(name, value, zero_ok=zero_ok)
+    dtype = _model_dtype(model)
+    if dtype is not None and x.dtype != dtype:
         raise ValueError(
-            f"x lies outside bounds {bounds!r} (min {x.min().item():.3g}, "
-            f"max {x.max().item():.3g}); scale inputs to the bounds first"
+            f"x is {str(x.dtype)[6:]} but the model computes in {str(dtype)[6:]}: "
+            f"pass x.to({dtype})"
         )
-    if eps == 0:  # nothing to search: a zero step size is fine (e.g. alpha = eps / 4)
-        positive.pop("alpha", None)
-    for name, value in positive.items():
-        if not (isinstance(value, (int, float)) and value > 0):
-            raise ValueError(f"{name} must be > 0, got {value!r}")
+    if len(x):
+        _check_data(model, x, y, bounds)
+    return tuple(values.values())
+
+
+def checked_number(name: str, value: object, *, zero_ok: bool = False) -> float | int:
+    """`value` as a Python int (names in INTEGERS: >= 1) or a finite float (> 0, or
+    >= 0 with zero_ok); NumPy scalars and 0-d tensors are converted, bools refused."""
+    if isinstance(value, Tensor) and value.dim() == 0 and value.dtype != torch.bool:
+        value = value.item()
+    is_bool = isinstance(value, bool)
+    if name in INTEGERS:
+        if is_bool or not isinstance(value, numbers.Integral) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        return int(value)
+    ok = not is_bool and isinstance(value, numbers.Real) and math.isfinite(value)
+    if not (ok and (value >= 0 if zero_ok else value > 0)):
+        raise ValueError(
+            f"{name} must be a finite number {'>=' if zero_ok else '>'} 0, got "
+            f"{value!r}" + (" (a bool is not a number here)" if is_bool else "")
+        )
+    return float(value)
+
+
+def restores_buffers(fn: Fn) -> Fn:
+    """Decorate fn(model, ...) so that it leaves the model's buffers as it found them.
+
+    A module in train mode updates buffers at every forward pass (BatchNorm's
+    running mean and variance, and its batch counter); an attack or an evaluation
+    must not retrain the model it measures. The buffers of train-mode modules are
+    copied before fn and restored after; a model in eval mode costs nothing. Only
+    an nn.Module model is covered (not a function that calls one).
+    """
+
+    @functools.wraps(fn)
+    def wrapper(model: Model, *args: object, **kwargs: object) -> object:
+        saved = [
+            (module, name, buffer.clone())
+            for module in (model.modules() if isinstance(model, nn.Module) else ())
+            if module.training
+            for name, buffer in module.named_buffers(recurse=False)
+        ]
+        try:
+            return fn(model, *args, **kwargs)
+        finally:
+            with torch.no_grad():
+                for module, name, value in saved:
+                    getattr(module, name).copy_(value)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _model_dtype(model: Model) -> torch.dtype | None:
+    """The dtype of the model's first floating parameter or buffer, if it has one."""
+    if isinstance(model, nn.Module):
+        for tensor in itertools.chain(model.parameters(), model.buffers()):
+            if tensor.is_floating_point():
+                return tensor.dtype
+    return None
+
+
+@torch.no_grad()
+def _check_data(model: Model, x: Tensor, y: Tensor, bounds: Bounds) -> None:
+    """x finite and in bounds, y among the model's classes (x non-empty)."""
+    # two examples: BatchNorm in train mode needs more than one. The probe draws no
+    # random numbers, so a randomized model (noise, EOT) sees the same draws as it
+    # would without the check.
+    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+        logits = model(x[:2])
+    if logits.dim() != 2:
+        raise ValueError(
+            f"the model must map x to logits (N, K), got shape {tuple(logits.shape)}"
+        )
+    k = logits.shape[1]  # known on the host: no sync
+    stats = (~torch.isfinite(x)).sum(), x.amin(), x.amax(), y.amin(), y.amax()
+    # one host sync for all five; float64 keeps counts and labels exact
+    n_bad, x_lo, x_hi, y_lo, y_hi = torch.stack([s.double() for s in stats]).tolist()
+    if n_bad:
+        raise ValueError(
+            f"x holds {int(n_bad):,} NaN or inf values (of {x.numel():,}): no attack "
+            "can search from them; fix or drop those images (see torch.isfinite)"
+        )
+    if x_lo < bounds[0] or x_hi > bounds[1]:
+        raise ValueError(
+            f"x lies outside bounds {bounds!r} (min {x_lo:.3g}, max {x_hi:.3g}); "
+            "scale inputs to the bounds first"
+        )
+    if y_lo < 0 or y_hi >= k:
+        bad = y[(y < 0) | (y >= k)].unique()[:10].tolist()
+        raise ValueError(
+            f"y holds labels {bad} outside the model's {k} classes: labels must be "
+            f"in [0, {k - 1}]"
+        )

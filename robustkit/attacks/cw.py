@@ -5,10 +5,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from robustkit.attacks.core import check_args, margin
+from robustkit.attacks.core import (
+    check_args,
+    checked_number,
+    margin,
+    restores_buffers,
+)
 from robustkit.types import Bounds, Model
 
 
+@restores_buffers
 def cw_l2(
     model: Model,
     x: Tensor,
@@ -47,14 +53,18 @@ def cw_l2(
         Carlini & Wagner, "Towards Evaluating the Robustness of Neural Networks",
         IEEE S&P 2017. https://arxiv.org/abs/1608.04644
     """
-    check_args(x, y, bounds=bounds, steps=steps, lr=lr)
-    if isinstance(c, Tensor):
+    steps, lr, kappa = check_args(
+        model, x, y, bounds=bounds, steps=steps, lr=lr, kappa=kappa
+    )
+    if isinstance(c, Tensor) and c.dim() > 0:
         if c.shape != (len(x),) or (c < 0).any():
             raise ValueError(
                 f"c must be a float or a (N,) tensor >= 0, got shape {tuple(c.shape)}"
             )
-    elif not c >= 0:
-        raise ValueError(f"c must be >= 0, got {c!r}")
+    else:
+        c = checked_number("c", c, zero_ok=True)
+    if not len(x):
+        return x.clone()
     lo, hi = bounds
     mid, half = x.new_tensor((hi + lo) / 2), (hi - lo) / 2
     # x' = mid + half * tanh(w); start at w = atanh((x - mid) / half), shrunk a little
@@ -77,6 +87,7 @@ def cw_l2(
     return best.detach()
 
 
+@restores_buffers
 def cw_l2_search(
     model: Model,
     x: Tensor,
@@ -104,7 +115,19 @@ def cw_l2_search(
     Returns:
         x_adv (detached): smallest-L2 success per example, or x where none.
     """
-    check_args(x, y, bounds=bounds, c_init=c_init, search_steps=search_steps)
+    c_init, search_steps, steps, lr, kappa = check_args(
+        model,
+        x,
+        y,
+        bounds=bounds,
+        c_init=c_init,
+        search_steps=search_steps,
+        steps=steps,
+        lr=lr,
+        kappa=kappa,
+    )
+    if not len(x):
+        return x.clone()
     c = torch.full((len(x),), float(c_init), device=x.device)
     c_lo, c_hi = torch.zeros_like(c), torch.full_like(c, float("inf"))
     best, best_l2 = x.clone(), torch.full_like(c, float("inf"))

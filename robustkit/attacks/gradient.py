@@ -12,12 +12,14 @@ from robustkit.attacks.core import (
     input_gradient,
     lp_norm,
     random_init,
+    restores_buffers,
     steepest_ascent,
     threat_set,
 )
 from robustkit.types import Bounds, LossFn, Model, Norm
 
 
+@restores_buffers
 def fgsm(
     model: Model,
     x: Tensor,
@@ -49,14 +51,15 @@ def fgsm(
         Goodfellow, Shlens & Szegedy, "Explaining and Harnessing Adversarial
         Examples", ICLR 2015. https://arxiv.org/abs/1412.6572
     """
-    check_args(x, y, eps=eps, bounds=bounds)
-    if eps == 0:
+    (eps,) = check_args(model, x, y, bounds=bounds, eps=eps)
+    if eps == 0 or not len(x):
         return x.clone()
     sign = -1.0 if targeted else 1.0
     grad = input_gradient(model, x, y, loss_fn)
     return clip_to_bounds(torch.add(x, grad.sign(), alpha=sign * eps), bounds).detach()
 
 
+@restores_buffers
 def pgd(
     model: Model,
     x: Tensor,
@@ -102,17 +105,18 @@ def pgd(
         Madry et al., "Towards Deep Learning Models Resistant to Adversarial
         Attacks", ICLR 2018. https://arxiv.org/abs/1706.06083
     """
-    check_args(
+    eps, alpha, steps, restarts = check_args(
+        model,
         x,
         y,
-        eps=eps,
         norm=norm,
         bounds=bounds,
+        eps=eps,
         alpha=alpha,
         steps=steps,
         restarts=restarts,
     )
-    if eps == 0:
+    if eps == 0 or not len(x):
         return x.clone()
     sign = -1.0 if targeted else 1.0
     into_set = threat_set(x, eps, norm, bounds)
@@ -143,6 +147,7 @@ def pgd(
     return best
 
 
+@restores_buffers
 def mifgsm(
     model: Model,
     x: Tensor,
@@ -166,8 +171,10 @@ def mifgsm(
         Dong et al., "Boosting Adversarial Attacks with Momentum", CVPR 2018.
         https://arxiv.org/abs/1710.06081
     """
-    check_args(x, y, eps=eps, bounds=bounds, alpha=alpha, steps=steps)
-    if eps == 0:
+    eps, alpha, steps, decay = check_args(
+        model, x, y, bounds=bounds, eps=eps, alpha=alpha, steps=steps, decay=decay
+    )
+    if eps == 0 or not len(x):
         return x.clone()
     sign = -1.0 if targeted else 1.0
     into_set = threat_set(x, eps, "linf", bounds)
@@ -180,6 +187,7 @@ def mifgsm(
     return x_adv.detach()
 
 
+@restores_buffers
 def trades_pgd(
     model: Model,
     x: Tensor,
@@ -199,8 +207,10 @@ def trades_pgd(
         Zhang et al., "Theoretically Principled Trade-off between Robustness and
         Accuracy", ICML 2019. https://arxiv.org/abs/1901.08573
     """
-    check_args(x, y, eps=eps, bounds=bounds, alpha=alpha, steps=steps)
-    if eps == 0:
+    eps, alpha, steps = check_args(
+        model, x, y, bounds=bounds, eps=eps, alpha=alpha, steps=steps
+    )
+    if eps == 0 or not len(x):
         return x.clone()
     with torch.no_grad():
         p_clean = torch.softmax(model(x), 1)

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from robustkit.attacks.core import checked_number, restores_buffers
 from robustkit.types import Bounds, Model
 
 
@@ -51,6 +52,7 @@ def apply_patch(
     return x.flatten(2).scatter(2, index, src).view_as(x)
 
 
+@restores_buffers
 def train_patch(
     model: Model,
     x: Tensor,
@@ -89,12 +91,14 @@ def train_patch(
     Reference:
         Brown et al., "Adversarial Patch", 2017. https://arxiv.org/abs/1712.09665
     """
-    if not (isinstance(size, int) and 0 < size <= min(x.shape[-2:])):
+    side_ok = isinstance(size, int) and not isinstance(size, bool)
+    if not (side_ok and 0 < size <= min(x.shape[-2:])):
         raise ValueError(
             f"size must be an int in [1, {min(x.shape[-2:])}], got {size!r}"
         )
-    if not (isinstance(steps, int) and steps > 0):
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    steps = checked_number("steps", steps)
+    batch_size = checked_number("batch_size", batch_size)
+    lr = checked_number("lr", lr)
     lo, hi = bounds
     patch = torch.empty(x.shape[1], size, size, device=x.device).uniform_(lo, hi)
     patch.requires_grad_(True)
