@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import platform
 import random
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -60,15 +62,21 @@ def cache_dir() -> Path:
     return Path(os.environ.get("ROBUSTKIT_CACHE", ROOT / ".cache"))
 
 
-def record_results(results: dict, path: str | os.PathLike = "") -> dict:
+def record_results(
+    results: dict, path: str | os.PathLike = "", *, provenance: dict | None = None
+) -> dict:
     """Check `results` is a flat JSON record and write it to `path` (if not empty).
 
     Values must be numbers, strings, booleans, None or lists of those; NaN and
-    infinity are refused because JSON cannot carry them faithfully.
+    infinity are refused because JSON cannot carry them faithfully. `provenance`
+    (`parameters.run_info`: parameters, dataset, device, threads, versions) is
+    written beside them under that key, so a results file says what made it.
 
     Returns:
         The same dict, so a notebook cell can end with it and show it.
     """
+    if "provenance" in results:
+        raise ValueError("results key 'provenance' is reserved for `provenance=`")
     for key, value in results.items():
         if not isinstance(key, str) or not key.isidentifier() or key != key.lower():
             raise ValueError(f"results key {key!r} is not a snake_case identifier")
@@ -80,5 +88,37 @@ def record_results(results: dict, path: str | os.PathLike = "") -> dict:
     if path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+        record = {**results, "provenance": provenance} if provenance else results
+        path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     return results
+
+
+def environment(device: torch.device) -> dict:
+    """Where a result was computed: device, threads, CPU and versions (results can
+    differ in the last digits across CPUs and thread counts)."""
+    import robustkit
+
+    name = str(device)
+    if device.type == "cuda":
+        name += f" ({torch.cuda.get_device_name(device)})"
+    return {
+        "device": name,
+        "threads": torch.get_num_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "cpu": _cpu_name(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "robustkit": robustkit.__version__,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -8,13 +8,15 @@ model is trained once and cached. No notebook depends on another having run.
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import functools
 import hashlib
-import io
 import json
 import os
 import random
 import shutil
+import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -22,19 +24,63 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from filelock import FileLock
 from torch import nn
 
 import robustkit
 from robustkit import models
 from robustkit.types import Device
-from robustkit.utils import ROOT, cache_dir, seed_everything
+from robustkit.utils import ROOT, cache_dir, environment, seed_everything
 
 SHIPPED_DIR = ROOT / "data" / "zoo"
 FORMAT = 1  # bump when the checkpoint layout changes
+RESTORE = "restore it with `git checkout -- data/zoo`"
+
+# The code a trained model depends on besides its config (zoo.py's own part, the
+# seeding of the initial weights, is fixed). Its hash, docstrings, comments and
+# layout left out, joins the cache key whenever it differs from CODE_HASH, the hash
+# of the code the shipped models were trained with: a learner who edits a recipe
+# gets a new model, never the cached one, while unedited code keeps loading the
+# shipped models. tests/test_zoo.py fails when the code changes; whoever changes it
+# then sets CODE_HASH to the new hash if trained models stay the same (a new check,
+# a refactor), or bumps robustkit.__version__ and rebuilds the shipped models
+# (`make zoo`) if they do not.
+TRAINING_CODE = ("attacks", "data.py", "evaluation.py", "models.py", "training.py",
+                 "utils.py")  # fmt: skip
+CODE_HASH = "5adc050dc93408a3"
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint file is corrupt or was made from another config."""
+
+
+@functools.lru_cache
+def code_hash(package: Path = ROOT / "robustkit") -> str:
+    """Hash of the TRAINING_CODE under `package`, without docstrings, comments and
+    layout. Computed once per process, like the code the process has imported."""
+    digest = hashlib.sha256()
+    files = sorted(
+        f
+        for name in TRAINING_CODE
+        for f in (
+            [package / name] if name.endswith(".py") else package.glob(f"{name}/*.py")
+        )
+    )
+    for file in files:
+        tree = ast.parse(file.read_text())
+        for node in ast.walk(tree):
+            body = getattr(node, "body", None)
+            if (
+                isinstance(body, list)
+                and body
+                and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)
+            ):
+                node.body = body[1:] or [ast.Pass()]  # drop the docstring
+        digest.update(file.relative_to(package).as_posix().encode())
+        digest.update(ast.dump(tree).encode())
+    return digest.hexdigest()[:16]
 
 
 def canonical(config: dict) -> dict:
@@ -45,17 +91,17 @@ def canonical(config: dict) -> dict:
 
 
 def config_key(name: str, config: dict) -> str:
-    """Hash of the name, the config (`canonical`) and the library version."""
-    blob = json.dumps(
-        {
-            "name": name,
-            "config": canonical(config),
-            "version": robustkit.__version__,
-            "format": FORMAT,
-        },
-        sort_keys=True,
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    """Hash of the name, the config (`canonical`), the library version and, when it
+    is not the released one, the training code (`code_hash`)."""
+    fields = {
+        "name": name,
+        "config": canonical(config),
+        "version": robustkit.__version__,
+        "format": FORMAT,
+    }
+    if code_hash() != CODE_HASH:
+        fields["code"] = code_hash()
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def checkpoint_path(name: str, config: dict) -> Path:
@@ -73,9 +119,14 @@ def load_or_train(
     """Return the model of `config` and its metrics, training it only on a cache miss.
 
     The model is `models.create(config["arch"], config["dataset"])`, initialized
-    under `config["seed"]`. On a miss, `train_fn(model, config)` trains it in place
-    (on `device`) and returns JSON metrics; both are saved. A corrupt or mismatched
-    checkpoint is reported with a warning and retrained, never silently reused. The
+    under `config["seed"]`. A shipped checkpoint (`data/zoo/`) is loaded after its
+    SHA-256 is checked; a shipped file that fails it is an error that says how to
+    restore it. Otherwise the cache entry is loaded after the hash of its weights is
+    checked; a corrupt or mismatched entry is reported with a warning and retrained.
+    On a miss, `train_fn(model, config)` trains it in place (on `device`) and
+    returns JSON metrics; both are saved. A file lock makes a second process asking
+    for the same entry wait and load it. If the cache cannot be written, a warning
+    says so before training, and the trained model is returned all the same. The
     caller's RNG state is restored afterwards, so a hit and a miss leave the rest of
     a notebook with the same random numbers.
 
@@ -95,48 +146,97 @@ def load_or_train(
     key = config_key(name, config)
     device = torch.device(device)
     with _restored_rng(device):
-        for path, expected_sha in _candidates(name, key):
+        for file, sha in _shipped(name, key):
             model = models.create(config["arch"], config["dataset"])
-            try:
-                metrics = _load(path, model, name, config, key, expected_sha)
-            except CheckpointError as err:
-                warnings.warn(f"{err}; training {name!r} again", stacklevel=2)
-                continue
+            metrics = _load(file, model, name, config, key, sha)  # errors stop here
             return model.to(device).eval(), metrics
-        seed_everything(config["seed"])  # the initial weights depend on the seed only
-        model = models.create(config["arch"], config["dataset"]).to(device)
-        metrics = train_fn(model, config)
-        save(checkpoint_path(name, config), model, name, config, metrics)
+        path = checkpoint_path(name, config)
+        problem = _unwritable(path.parent)
+        if problem:
+            warnings.warn(
+                f"the checkpoint cache {path.parent} cannot be written ({problem}): "
+                f"{name!r} will be trained but not saved; set ROBUSTKIT_CACHE to a "
+                "writable folder",
+                stacklevel=2,
+            )
+        lock = contextlib.nullcontext() if problem else FileLock(f"{path}.lock")
+        with lock:  # a second process waits here, then loads what the first saved
+            if path.exists():
+                model = models.create(config["arch"], config["dataset"])
+                try:
+                    metrics = _load(path, model, name, config, key, None)
+                    return model.to(device).eval(), metrics
+                except CheckpointError as err:
+                    warnings.warn(f"{err}; training {name!r} again", stacklevel=2)
+            seed_everything(config["seed"])  # the initial weights depend on the seed
+            model = models.create(config["arch"], config["dataset"]).to(device)
+            metrics = train_fn(model, config)
+            if not problem:
+                try:
+                    save(path, model, name, config, metrics)
+                except (OSError, RuntimeError) as err:  # full disk: keep the model
+                    warnings.warn(
+                        f"could not save {name!r} to {path} ({type(err).__name__}: "
+                        f"{err}); the trained model is returned but not cached",
+                        stacklevel=2,
+                    )
     return model.eval(), metrics
 
 
 def save(path: Path, model: nn.Module, name: str, config: dict, metrics: dict) -> None:
-    """Write a checkpoint atomically (weights, config and metrics; no pickled code)."""
+    """Write a checkpoint atomically: weights and the SHA-256 of their bytes, config,
+    metrics and what trained it (threads, device, versions); no pickled code. A
+    failed write leaves no temporary file behind."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    device = next(iter(model.state_dict().values())).device
     payload = {
         "format": FORMAT,
         "name": name,
         "key": config_key(name, config),
         "config": json.dumps(config, sort_keys=True),
         "metrics": json.dumps(metrics),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "environment": json.dumps({**environment(device), "code": code_hash()}),
+        "weights_sha256": weights_sha256(state),
+        "state_dict": state,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
-def _candidates(name: str, key: str) -> list[tuple[Path, str | None]]:
-    """Shipped checkpoint for `key` (with its manifest SHA-256), then the cache file."""
-    found = [
+def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of a state dict's names, dtypes, shapes and bytes: torch's zip reader
+    does not check its records, so a flipped byte in a weight would load silently."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _unwritable(folder: Path) -> str:
+    """Why `folder` cannot take a new file ('' if it can): checked before training."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        return f"{type(err).__name__}: {err}"
+    return ""
+
+
+def _shipped(name: str, key: str) -> list[tuple[Path, str]]:
+    """The shipped checkpoint of `key`, with its SHA-256 from the manifest."""
+    return [
         (SHIPPED_DIR / entry["file"], entry["sha256"])
         for entry in _read_manifest(SHIPPED_DIR / "manifest.json")
         if entry["name"] == name and entry["key"] == key
     ]
-    cached = cache_dir() / "zoo" / f"{name}-{key}.pt"
-    if cached.exists():
-        found.append((cached, None))
-    return found
 
 
 def _load(
@@ -147,20 +247,30 @@ def _load(
     key: str,
     expected_sha: str | None,
 ) -> dict:
-    try:
-        raw = path.read_bytes()
-        if expected_sha and hashlib.sha256(raw).hexdigest() != expected_sha:
+    """Load a checkpoint into `model`; a shipped one (`expected_sha` given) is checked
+    against the manifest, a cached one against the hash of its weights."""
+    if expected_sha is not None:
+        if not path.exists():
+            raise CheckpointError(f"shipped checkpoint {path} is missing: {RESTORE}")
+        if hashlib.sha256(path.read_bytes()).hexdigest() != expected_sha:
             raise CheckpointError(
-                f"checkpoint {path} does not match its SHA-256 in the "
-                "manifest (restore it with `git checkout -- data/zoo`)"
+                f"shipped checkpoint {path} does not match its SHA-256 in "
+                f"{SHIPPED_DIR / 'manifest.json'}: {RESTORE}"
             )
-        payload = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
         stored = canonical(json.loads(payload["config"]))
         if (payload.get("format"), payload.get("key")) != (
             FORMAT,
             key,
         ) or stored != canonical(config):
             raise CheckpointError(f"checkpoint {path} was made from another config")
+        if expected_sha is None and payload.get("weights_sha256") != weights_sha256(
+            payload["state_dict"]
+        ):
+            raise CheckpointError(
+                f"checkpoint {path} is corrupt (its weights do not match their SHA-256)"
+            )
         model.load_state_dict(payload["state_dict"])
         return json.loads(payload["metrics"])
     except CheckpointError:
@@ -234,7 +344,7 @@ def build(
             f"unknown shipped models {sorted(unknown)}: use {sorted(SHIPPED)}"
         )
     manifest_path = SHIPPED_DIR / "manifest.json"
-    manifest = _read_manifest(manifest_path)
+    manifest = _read_manifest(manifest_path, missing_ok=True)
     splits = data.load("mnist", n_train=0, device=device)
     loader = data.Batches(splits.x_test, splits.y_test, batch_size=500)
     for name in names:
@@ -263,7 +373,11 @@ def build(
             version=robustkit.__version__,
         )
         # read again: another build may have written its models since (hours ago)
-        manifest = [e for e in _read_manifest(manifest_path) if e["name"] != name]
+        manifest = [
+            e
+            for e in _read_manifest(manifest_path, missing_ok=True)
+            if e["name"] != name
+        ]
         manifest.append(entry)
         tmp = manifest_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(manifest, indent=1) + "\n")
@@ -271,8 +385,28 @@ def build(
     return manifest
 
 
-def _read_manifest(path: Path) -> list[dict]:
-    return json.loads(path.read_text()) if path.exists() else []
+def _read_manifest(path: Path, *, missing_ok: bool = False) -> list[dict]:
+    """The manifest's entries; a missing or invalid manifest is an error with the
+    fix (only `build`, which writes it, may start without one)."""
+    if not path.exists():
+        if missing_ok:
+            return []
+        raise CheckpointError(
+            f"the shipped models' manifest {path} is missing: {RESTORE}"
+        )
+    try:
+        manifest = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path} is not valid JSON ({err}): {RESTORE}") from err
+    fields = {"name", "key", "file", "sha256"}
+    if not (
+        isinstance(manifest, list)
+        and all(isinstance(e, dict) and fields <= set(e) for e in manifest)
+    ):
+        raise CheckpointError(
+            f"{path} is not a list of entries with {sorted(fields)}: {RESTORE}"
+        )
+    return manifest
 
 
 def manifest_table() -> str:

@@ -1,6 +1,9 @@
 import hashlib
 import json
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -115,9 +118,138 @@ def test_shipped_checkpoint_is_used_and_verified(tmp_path, monkeypatch):
     assert train.calls == 1 and torch.equal(weights(loaded), weights(model))
     entry["sha256"] = "0" * 64
     (shipped / "manifest.json").write_text(json.dumps([entry]))
-    with pytest.warns(UserWarning, match="SHA-256.*git checkout"):
-        zoo.load_or_train("t-ship", CONFIG, train)
-    assert train.calls == 2
+    with pytest.raises(zoo.CheckpointError, match="SHA-256.*git checkout -- data/zoo"):
+        zoo.load_or_train("t-ship", CONFIG, train)  # stops: no silent hour-long retrain
+    assert train.calls == 1
+
+
+@pytest.mark.parametrize(
+    "manifest, message",
+    [(None, "manifest .* is missing"), ("{not json", "not valid JSON"),
+     ('{"name": "x"}', "not a list of entries")],
+)  # fmt: skip
+def test_a_missing_or_invalid_manifest_stops_with_the_fix(
+    tmp_path, monkeypatch, manifest, message
+):
+    if manifest is not None:
+        (tmp_path / "manifest.json").write_text(manifest)
+    monkeypatch.setattr(zoo, "SHIPPED_DIR", tmp_path)
+    train = Trainer()
+    with pytest.raises(zoo.CheckpointError, match=f"{message}.*git checkout"):
+        zoo.load_or_train("t-manifest", CONFIG, train)
+    assert train.calls == 0
+
+
+def test_a_flipped_byte_inside_a_cached_weight_is_caught_and_retrained():
+    train = Trainer()
+    model, _ = zoo.load_or_train("t-flip", CONFIG, train)
+    path = zoo.checkpoint_path("t-flip", CONFIG)
+    raw = bytearray(path.read_bytes())
+    weight = model[1].weight.detach().numpy().tobytes()  # the first conv's weights
+    at = raw.find(weight[:64])
+    assert at > 0 and raw.find(weight[:64], at + 1) == -1
+    raw[at + 32] ^= 0xFF  # one byte of one float, inside the zip record
+    path.write_bytes(bytes(raw))
+    flipped = torch.load(path, weights_only=True)["state_dict"]  # torch does not see it
+    assert not torch.equal(flipped["1.weight"], model[1].weight)
+    with pytest.warns(UserWarning, match="corrupt.*SHA-256.*training 't-flip' again"):
+        again, _ = zoo.load_or_train("t-flip", CONFIG, train)
+    assert train.calls == 2 and torch.equal(weights(again), weights(model))
+
+
+def test_edited_training_code_gets_its_own_key(tmp_path, monkeypatch):
+    import shutil
+
+    package = tmp_path / "robustkit"
+    shutil.copytree(zoo.ROOT / "robustkit", package)
+    training = package / "training.py"
+    original = training.read_text()
+    assert zoo.code_hash(package) == zoo.code_hash()
+    training.write_text(original.replace("# LambdaLR applies", "# a comment\n    #"))
+    reformatted = original.replace('"""Training loops', '"""Edited: training loops')
+    (package / "models.py").write_text((package / "models.py").read_text() + "\n\n")
+    assert zoo.code_hash.__wrapped__(package) == zoo.code_hash()  # comments, docs
+    training.write_text(reformatted.replace("beta=6.0", "beta=5.0"))  # a recipe
+    edited = zoo.code_hash.__wrapped__(package)
+    assert edited != zoo.code_hash()
+    released = zoo.config_key("t", CONFIG)
+    monkeypatch.setattr(zoo, "code_hash", lambda: edited)
+    assert zoo.config_key("t", CONFIG) != released  # never the released model
+
+
+def test_the_training_code_is_the_released_one():
+    assert zoo.code_hash() == zoo.CODE_HASH, (
+        f"the training code changed (hash {zoo.code_hash()}): if the models it trains "
+        "are unchanged (a new check, a refactor), set zoo.CODE_HASH to it; if not, "
+        "bump robustkit.__version__ and rebuild the shipped models (make zoo)"
+    )
+
+
+def test_each_entry_records_what_trained_it():
+    zoo.load_or_train("t-env", CONFIG, Trainer())
+    payload = torch.load(zoo.checkpoint_path("t-env", CONFIG), weights_only=True)
+    env = json.loads(payload["environment"])
+    assert env["threads"] == torch.get_num_threads() and env["device"] == "cpu"
+    assert env["torch"] == torch.__version__ and env["code"] == zoo.code_hash()
+
+
+def test_an_unwritable_cache_warns_before_training_and_returns_the_model(
+    tmp_path, monkeypatch
+):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("ROBUSTKIT_CACHE", str(blocker / "cache"))  # even root fails
+    warned_before = []
+
+    def train(model, config):
+        warned_before.append(len(record))
+        return Trainer()(model, config)
+
+    with pytest.warns(
+        UserWarning, match="a-file/cache/zoo cannot be written"
+    ) as record:
+        model, metrics = zoo.load_or_train("t-ro", CONFIG, train)
+    assert warned_before == [1] and metrics["calls"] == 1 and not model.training
+
+
+def test_a_failed_save_warns_with_the_path_keeps_the_model_and_no_tmp_file(
+    monkeypatch,
+):
+    def full_disk(obj, f):
+        Path(f).write_bytes(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(zoo.torch, "save", full_disk)
+    path = zoo.checkpoint_path("t-full", CONFIG)
+    with pytest.warns(UserWarning, match=f"could not save 't-full' to {path}.*space"):
+        model, metrics = zoo.load_or_train("t-full", CONFIG, Trainer())
+    assert metrics["calls"] == 1 and model[-1].bias.sum() != 0
+    left = {p.name for p in path.parent.glob("t-full-*")} - {f"{path.name}.lock"}
+    assert not left  # no .tmp file, no entry
+
+
+def test_two_processes_asking_for_one_entry_train_it_once(tmp_path):
+    script = f"""
+import json, sys, time, torch
+from robustkit import zoo
+def train(model, config):
+    with open({str(tmp_path / "calls")!r}, "a") as f:
+        f.write("x")
+    time.sleep(3)
+    with torch.no_grad():
+        model[-1].bias.add_(1.0)
+    return {{}}
+model, _ = zoo.load_or_train("t-lock", {CONFIG!r}, train)
+print(float(model[-1].bias.sum()))
+"""
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert (tmp_path / "calls").read_text() == "x"  # the second waited and loaded
+    assert outputs[0] == outputs[1]
 
 
 @pytest.mark.parametrize("missing", ["arch", "dataset", "seed"])
