@@ -8,7 +8,9 @@ STAMP := $(VENV)/.installed
 QUICK_FLAG := $(if $(filter 1 yes true,$(QUICK)),--quick,)
 JOBS ?= 2
 
-.PHONY: setup lab run test test-all bench zoo assignments html sweep clean
+SPEED_BENCH := bench/attacks.py bench/train_throughput.py bench/training.py
+
+.PHONY: setup lab run test test-all bench bars mutation zoo assignments html sweep clean
 
 setup: $(STAMP)
 
@@ -33,8 +35,14 @@ test: setup
 test-all: setup  # also the teaching-size runs (marker `slow`)
 	$(PY) -m pytest -m "slow or not slow"
 
-bench: setup
-	@for script in bench/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+bench: setup  # the speed benchmarks (ratios against a reference run alongside)
+	@for script in $(SPEED_BENCH); do echo "== $$script"; $(PY) $$script || exit 1; done
+
+bars: setup  # every notebook bar's margin over seeds 0-3 and 1 and 2 threads (~1 h)
+	$(PY) bench/bar_margins.py --jobs $(JOBS)
+
+mutation: setup  # mutation score of the attack parts, evaluation and training guards
+	$(PY) bench/mutation.py
 
 zoo: setup  # full-size robust models into data/zoo/ (hours on a CPU, minutes on a GPU)
 	$(PY) -m robustkit.zoo

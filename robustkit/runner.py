@@ -10,10 +10,12 @@ Executed notebooks go to `outputs/NN_topic.ipynb`, results to `outputs/NN_topic.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import sys
 from pathlib import Path
 
+import robustkit.parameters
 from robustkit.utils import ROOT
 
 NOTEBOOK_DIR = ROOT / "notebooks"
@@ -73,6 +75,7 @@ def execute(
     notebook = Path(notebook)
     if quick and notebook.name not in QUICK:
         raise ValueError(f"{notebook.name} has no entry in runner.QUICK")
+    check_parameters(notebook, parameters or {})
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results_path = out_dir / f"{notebook.stem}.json"
@@ -98,11 +101,29 @@ def execute(
     return json.loads(results_path.read_text())
 
 
+def check_parameters(notebook: str | Path, parameters: dict) -> None:
+    """Refuse, before any kernel starts, a parameter `notebook` does not declare
+    (papermill only logs "Passed unknown parameter" and runs on with the default)
+    or a value outside its range (`robustkit.parameters.SPECS`)."""
+    import papermill as pm
+
+    declared = pm.inspect_notebook(str(notebook))
+    unknown = sorted(set(parameters) - set(declared))
+    if unknown:
+        raise ValueError(
+            f"{Path(notebook).name} has no parameter {', '.join(unknown)}: its "
+            f"parameters are {', '.join(declared)}"
+        )
+    for name, value in parameters.items():
+        robustkit.parameters.check_value(name, value)
+
+
 def _literal(text: str):
-    """A -p value as JSON when it parses (numbers, booleans, lists), else a string."""
+    """A -p value as the Python literal the parameters cells use (`1_000`, `0.1`,
+    `[0.0, 0.1]`, `True`, `"cpu"`) when it is one, else the string itself."""
     try:
-        return json.loads(text)
-    except json.JSONDecodeError:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
         return text
 
 

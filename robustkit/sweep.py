@@ -95,6 +95,8 @@ def sweep(
         raise ValueError(f"jobs must be an int >= 1, got {jobs!r}")
     notebook, out_dir = Path(notebook), Path(out_dir)
     runs = points(grid)
+    for point in runs:  # a typo in the grid fails now, not in every worker
+        runner.check_parameters(notebook, {**(parameters or {}), **point})
     threads = max(1, (os.cpu_count() or 1) // jobs)
     with ProcessPoolExecutor(
         jobs, mp_context=get_context("spawn"), initializer=_init_worker,
@@ -114,7 +116,7 @@ def sweep(
     rows = []
     for i, (point, outcome) in enumerate(zip(runs, outcomes)):
         status, error = outcome.pop("status"), outcome.pop("error", "")
-        scalars = {k: v for k, v in outcome.items() if not isinstance(v, list)}
+        scalars = {k: v for k, v in outcome.items() if not isinstance(v, (list, dict))}
         rows.append({"run": i, "status": status, **point, **scalars, "error": error})
     return rows
 

@@ -23,11 +23,30 @@ def test_accuracy_and_robust_accuracy(mnist_baseline):
 
 
 def test_robust_accuracy_never_counts_a_clean_mistake():
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
-    x, y = torch.rand(20, 1, 2, 2), torch.randint(0, 3, (20,))
-    identity = lambda model, x, y: x.clone()  # noqa: E731
-    robust = evaluation.robust_accuracy(model, [(x, y)], identity, progress=False)
-    assert robust == evaluation.accuracy(model, [(x, y)])
+    """The attack hands back, for every example, an input the model classifies as
+    its label: only the clean-correct mask keeps clean mistakes out of the count."""
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3, 3, bias=False))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.eye(3))  # predicts the brightest of 3 pixels
+    y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    wrong = torch.tensor([1, 0, 0, 0, 0, 0, 1, 1], dtype=torch.bool)
+    x = torch.nn.functional.one_hot(torch.where(wrong, (y + 1) % 3, y), 3).float()
+    x = x.view(8, 1, 1, 3)
+    prototype = torch.nn.functional.one_hot(y, 3).float().view(8, 1, 1, 3)
+
+    def fixes_everything(model, x, y):
+        return prototype[: len(x)] if len(x) == 8 else prototype[~wrong]
+
+    clean = evaluation.accuracy(model, [(x, y)])
+    assert clean == 5 / 8
+    robust = evaluation.robust_accuracy(
+        model, [(x, y)], fixes_everything, progress=False
+    )
+    assert robust == clean
+    alone = evaluation.worst_case(
+        model, [(x, y)], {"a": fixes_everything}, independent=True, progress=False
+    )
+    assert alone.robust_accuracy == clean and alone.robust.tolist() == (~wrong).tolist()
 
 
 def test_curve_starts_at_clean_accuracy_and_does_not_increase(mnist_baseline):

@@ -206,3 +206,32 @@ def test_workflow_calls_only_existing_make_targets_and_modules():
     # `make html` (which depends on `make run`) would run them again at teaching size
     runs = [c for c in workflow_commands() if "robustkit.runner" in c]
     assert len(runs) == 1 and "make html" not in commands
+
+
+def test_workflow_checks_the_bars_of_every_seed_it_runs():
+    job = yaml.safe_load(WORKFLOW.read_text())["jobs"]["notebooks"]
+    assert job["strategy"]["matrix"]["seed"] == [0, 1, 2, 3]
+    runs = [step.get("run", "") for step in job["steps"]]
+    execute = next(i for i, r in enumerate(runs) if "robustkit.runner" in r)
+    check = next(i for i, r in enumerate(runs) if "robustkit.bars outputs" in r)
+    assert check > execute and "--full" in runs[check]  # for the teaching-size runs
+
+
+def test_bars_report_broken_claims_and_the_command_fails_on_them(tmp_path, capsys):
+    from robustkit import bars
+
+    assert bars.falls([0.5, 0.51, 0.2]) == pytest.approx(0.01)
+    assert bars.falls([0.5, 0.6]) == pytest.approx(-0.08)
+    good = {"test_accuracy": 0.97, "first_train_loss": 2.0, "final_train_loss": 0.1}
+    bad = {**good, "test_accuracy": 0.9}
+    assert bars.broken("00_setup_and_tour.ipynb", good) == []
+    assert bars.broken("00_setup_and_tour.ipynb", good, full=True) == [
+        "test accuracy >= 0.99 (margin -0.020)"
+    ]
+    (tmp_path / "00_setup_and_tour.json").write_text(json.dumps(bad))
+    assert bars.main([str(tmp_path)]) == 1
+    assert "BROKEN test accuracy >= 0.95 (margin -0.050)" in capsys.readouterr().out
+    (tmp_path / "00_setup_and_tour.json").write_text(json.dumps(good))
+    assert bars.main([str(tmp_path)]) == 0
+    with pytest.raises(ValueError, match="no bars"):
+        bars.margins("99_unknown.ipynb", good)

@@ -205,29 +205,59 @@ def test_collapse_guard_stops_and_rolls_back(mlp, blobs):
     assert same_weights(mlp, states[1])
 
 
-def test_catastrophic_overfitting_is_detected_when_forced():
-    """FGSM without a random start at a high learning rate (Wong et al. 2020): PGD
-    accuracy on held-out images rises, then collapses while training goes on. The
-    guard stops there and rolls back to the best epoch."""
-    splits = data.load("mnist", n_train=5_000, n_val=500, n_test=0, seed=0)
+def forced_fgsm_run(seed, *, n_train, epochs, drop=0.1):
+    """FGSM without a random start at a high learning rate (Wong et al. 2020), the
+    collapse guard on, validated with a deterministic PGD (no random start), so the
+    restored weights can be re-measured exactly. Returns (scores, re-measured)."""
+    splits = data.load("mnist", n_train=n_train, n_val=500, n_test=0, seed=0)
     val = (splits.x_val, splits.y_val)
-    val_attack = partial(attacks.pgd, eps=0.15, alpha=0.15 / 8, steps=20)
-    torch.manual_seed(0)
+    val_attack = partial(
+        attacks.pgd, eps=0.15, alpha=0.15 / 8, steps=20, random_start=False
+    )
+    torch.manual_seed(seed)
     model = models.create("small_cnn")
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     history = training.fit(
         model,
         data.Batches(splits.x_train, splits.y_train, batch_size=100, shuffle=True),
-        opt=opt,
-        epochs=8,
-        attack=partial(attacks.fgsm, eps=0.15),  # no random start
+        opt=torch.optim.Adam(model.parameters(), lr=1e-2),
+        epochs=epochs,
+        attack=partial(attacks.fgsm, eps=0.15),
         val=val,
         val_attack=val_attack,
-        collapse_drop=0.1,
+        collapse_drop=drop,
         progress=False,
     )
     scores = [r["val_robust_accuracy"] for r in history]
-    assert len(history) < 8, scores  # stopped early
-    assert scores[-1] < max(scores) - 0.1 and max(scores) > 0.3
-    restored = evaluation.robust_accuracy(model, [val], val_attack)
-    assert restored == pytest.approx(max(scores), abs=0.03)
+    return scores, evaluation.robust_accuracy(model, [val], val_attack, progress=False)
+
+
+def check_guard_on_a_real_run(scores, restored, epochs, drop=0.1):
+    """What the guard promises on any trajectory: it stops at the first epoch whose
+    score fell more than `drop` below the best before it, and only there, and it
+    leaves the weights of the best epoch (re-measured: exactly the best score)."""
+    collapsed = [e for e in range(1, len(scores)) if scores[e] < max(scores[:e]) - drop]
+    if len(scores) < epochs:
+        assert collapsed == [len(scores) - 1], scores  # stopped at the first collapse
+        assert restored == max(scores), (restored, scores)  # rolled back to the best
+    else:
+        assert collapsed == [], scores  # a collapse the guard let pass
+    return len(scores) < epochs
+
+
+def test_the_collapse_guard_keeps_its_promise_on_a_real_fgsm_run():
+    """One short real run, whatever its trajectory (it may or may not collapse on a
+    given CPU): the guard's stop and rollback are checked, not the outcome."""
+    scores, restored = forced_fgsm_run(0, n_train=2_000, epochs=4)
+    check_guard_on_a_real_run(scores, restored, epochs=4)
+
+
+@pytest.mark.slow
+def test_forced_catastrophic_overfitting_happens_and_is_caught_across_seeds():
+    """A statistical property over seeds 0-4 (one run can stay at chance, collapse or
+    not depending on the CPU and thread count): the guard keeps its promise in every
+    run, and the forced regime collapses, and is caught, in at least one of them."""
+    caught = [
+        check_guard_on_a_real_run(*forced_fgsm_run(seed, n_train=5_000, epochs=8), 8)
+        for seed in range(5)
+    ]
+    assert any(caught), caught
