@@ -47,7 +47,7 @@ RESTORE = "restore it with `git checkout -- data/zoo`"
 # (`make zoo`) if they do not.
 TRAINING_CODE = ("attacks", "data.py", "evaluation.py", "models.py", "training.py",
                  "utils.py")  # fmt: skip
-CODE_HASH = "5adc050dc93408a3"
+CODE_HASH = "6cd3a28f18fd8c09"
 
 
 class CheckpointError(RuntimeError):
