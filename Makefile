@@ -41,8 +41,11 @@ bench: setup  # the speed benchmarks (ratios against a reference run alongside)
 bars: setup  # every notebook bar's margin over seeds 0-3 and 1 and 2 threads (~1 h)
 	$(PY) bench/bar_margins.py --jobs $(JOBS)
 
-mutation: setup  # mutation score of the attack parts, evaluation and training guards
-	$(PY) bench/mutation.py
+# make mutation [MUTATE="--files robustkit/evaluation.py"] [MUTATION_TESTS="tests/..."]
+MUTATE ?= --files robustkit/training.py --functions fit run_epoch _ramped
+MUTATION_TESTS ?= tests/test_training.py tests/test_exact.py -m "not slow"
+mutation: setup  # which small code changes the tests miss (default: the training guards)
+	$(PY) bench/mutation.py $(MUTATE) -- $(MUTATION_TESTS) -x -q -p no:cacheprovider
 
 zoo: setup  # full-size robust models into data/zoo/ (hours on a CPU, minutes on a GPU)
 	$(PY) -m robustkit.zoo
