@@ -1,11 +1,13 @@
 # robustkit: every target sets up .venv first (offline once the packages are cached).
-# make run [QUICK=1] | make test | make lab | make bench | make clean
+# make run [QUICK=1] [DATASET=fashion_mnist] [SET=gpu] | make test | make lab | make bench
 
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 QUICK_FLAG := $(if $(filter 1 yes true,$(QUICK)),--quick,)
+# DATASET=mnist|fashion_mnist|cifar10 for every notebook; SET=gpu: notebooks/*.gpu.yaml
+RUN_FLAGS := $(QUICK_FLAG) $(if $(DATASET),--dataset $(DATASET),) $(if $(SET),--set $(SET),)
 JOBS ?= 2
 
 SPEED_BENCH := bench/attacks.py bench/train_throughput.py bench/training.py
@@ -27,7 +29,7 @@ lab: setup
 	$(VENV)/bin/jupyter lab notebooks
 
 run: setup
-	$(PY) -m robustkit.runner $(QUICK_FLAG) --out outputs
+	$(PY) -m robustkit.course.runner $(RUN_FLAGS) --out outputs
 
 test: setup
 	$(PY) -m pytest
@@ -48,18 +50,18 @@ mutation: setup  # which small code changes the tests miss (default: the trainin
 	$(PY) bench/mutation.py $(MUTATE) -- $(MUTATION_TESTS) -x -q -p no:cacheprovider
 
 zoo: setup  # full-size robust models into data/zoo/ (hours on a CPU, minutes on a GPU)
-	$(PY) -m robustkit.zoo
+	$(PY) -m robustkit.zoo $(if $(DATASET),--dataset $(DATASET),)
 
 assignments: setup  # student notebooks (solution cells stubbed) into assignments/
-	$(PY) -m robustkit.assignments --out assignments
+	$(PY) -m robustkit.course.assignments --out assignments
 
 html: run  # execute the notebooks (QUICK=1 for small parameters), then a static site
-	$(PY) -m robustkit.html --src outputs --out outputs/html
+	$(PY) -m robustkit.course.html --src outputs --out outputs/html
 
 # make sweep NB=notebooks/01_adversarial_examples.ipynb QUICK=1 Y=pgd_accuracy \
 #     GRID="--grid 'SEED=[0,1]' --grid 'EPS=[0.05,0.1,0.2]'"
 sweep: setup
-	$(PY) -m robustkit.sweep $(NB) $(GRID) $(QUICK_FLAG) --jobs $(JOBS) \
+	$(PY) -m robustkit.course.sweep $(NB) $(GRID) $(QUICK_FLAG) --jobs $(JOBS) \
 		--out outputs/sweep $(if $(Y),--plot-y $(Y),)
 
 clean:

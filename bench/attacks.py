@@ -22,7 +22,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from robustkit import attacks, data, evaluation, training, utils, zoo
+from robustkit import attacks, data, evaluation, recipes, utils, zoo
 
 
 def timed(fn, device) -> float:
@@ -54,11 +54,11 @@ def main() -> None:
     import torchattacks
 
     device = utils.get_device(args.device)
-    cfg = training.config(arch=args.arch, n_train=5_000, epochs=5)
+    cfg = recipes.config(arch=args.arch, n_train=5_000, epochs=5)
     model, _ = zoo.load_or_train(
         "baseline",
         cfg,
-        partial(training.train_from_config, progress=False),
+        partial(recipes.train, progress=False),
         device=device,
     )
     splits = data.load("mnist", n_train=0, n_test=args.n, device=device)

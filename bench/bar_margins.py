@@ -5,11 +5,11 @@
     python bench/bar_margins.py --from outputs/bar_margins  # print earlier runs
 
 Every (seed, threads) pair runs every notebook with its QUICK parameters
-(`robustkit.runner`) in a fresh process with OMP_NUM_THREADS set, and a fresh
-checkpoint cache, so each model is trained under that seed and thread count rather
-than loaded. The table prints each bar's margin (`robustkit.bars`: >= 0 holds) per
-run, and the smallest. A bar whose smallest margin is near zero is decided by one
-image or one lucky run; a negative one is broken.
+(`robustkit.course.runner`) in a fresh process with OMP_NUM_THREADS set, and a
+fresh checkpoint cache, so each model is trained under that seed and thread count
+rather than loaded. The table prints each bar's margin (`robustkit.course.bars`:
+>= 0 holds) per run, and the smallest. A bar whose smallest margin is near zero is
+decided by one image or one lucky run; a negative one is broken.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from robustkit import bars, runner
+from robustkit.course import bars, runner
 
 
 def run(seed: int, threads: int, out: Path) -> None:
@@ -33,7 +33,7 @@ def run(seed: int, threads: int, out: Path) -> None:
         command = [
             sys.executable,
             "-m",
-            "robustkit.runner",
+            "robustkit.course.runner",
             "--quick",
             "--out",
             str(out),

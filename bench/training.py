@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from robustkit import data, models, training, utils
+from robustkit import data, models, recipes, training, utils
 
 
 def epoch_seconds(cfg, splits, device) -> float:
@@ -22,7 +22,7 @@ def epoch_seconds(cfg, splits, device) -> float:
     model = models.create(cfg["arch"]).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loader = data.Batches(splits.x_train, splits.y_train, batch_size=cfg["batch_size"])
-    attack, objective = training.recipe_parts(cfg)
+    attack, objective = recipes.recipe_parts(cfg)
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
@@ -45,20 +45,20 @@ def main() -> None:
     device = utils.get_device(args.device)
     splits = data.load("mnist", n_train=args.n, n_test=0, device=device)
     k = args.steps
-    recipes = {
-        "standard": training.config("standard", arch=args.arch),
-        "FGSM-RS": training.config("fgsm_rs", arch=args.arch),
-        f"PGD-{k}": training.config(
+    configs = {
+        "standard": recipes.config("standard", arch=args.arch),
+        "FGSM-RS": recipes.config("fgsm_rs", arch=args.arch),
+        f"PGD-{k}": recipes.config(
             "pgd", arch=args.arch, attack_steps=k, alpha=0.75 / k
         ),
-        f"TRADES-{k}": training.config(
+        f"TRADES-{k}": recipes.config(
             "trades", arch=args.arch, attack_steps=k, alpha=0.75 / k
         ),
     }
     expected = {"standard": 1, "FGSM-RS": 2, f"PGD-{k}": k + 1, f"TRADES-{k}": k + 2}
-    times = {name: [] for name in recipes}
+    times = {name: [] for name in configs}
     for _ in range(args.repeats):
-        for name, cfg in recipes.items():
+        for name, cfg in configs.items():
             times[name].append(epoch_seconds(cfg, splits, device))
     base = min(times["standard"])
     print(
@@ -66,7 +66,7 @@ def main() -> None:
         f"threads, best of {args.repeats}"
     )
     print(f"{'recipe':12s} {'s/epoch':>8s} {'x standard':>11s} {'expected':>9s}")
-    for name in recipes:
+    for name in configs:
         t = min(times[name])
         print(f"{name:12s} {t:8.2f} {t / base:11.1f} {expected[name]:8d}x")
 

@@ -1,9 +1,11 @@
-"""Train-or-load cache of models, keyed by a hash of their whole config.
+"""One call for a model by name: a train-or-load cache keyed by its whole config.
 
-A notebook asks for a model by its config (architecture, data subset, recipe,
-seed); if a shipped checkpoint (`data/zoo/`) or a cached one (`.cache/zoo/`) was
-made from exactly that config by this library version, it is loaded, otherwise the
-model is trained once and cached. No notebook depends on another having run.
+`zoo.model("pgd", dataset="fashion_mnist")` builds the config of a named model of
+MODELS (a recipe of `robustkit.recipes` with the zoo's settings, on the dataset's
+defaults, plus any overrides); if a shipped checkpoint (`data/zoo/`) or a cached
+one (`.cache/zoo/`) was made from exactly that config by this library version, it
+is loaded, otherwise the model is trained once and cached. No notebook depends on
+another having run. Which models ship is what data/zoo/manifest.json lists.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from filelock import FileLock
 from torch import nn
 
 import robustkit
-from robustkit import models
+from robustkit import datasets, models, recipes
 from robustkit.types import Device
 from robustkit.utils import ROOT, cache_dir, environment, seed_everything
 
@@ -45,9 +47,9 @@ RESTORE = "restore it with `git checkout -- data/zoo`"
 # then sets CODE_HASH to the new hash if trained models stay the same (a new check,
 # a refactor), or bumps robustkit.__version__ and rebuilds the shipped models
 # (`make zoo`) if they do not.
-TRAINING_CODE = ("attacks", "data.py", "evaluation.py", "models.py", "training.py",
-                 "utils.py")  # fmt: skip
-CODE_HASH = "6cd3a28f18fd8c09"
+TRAINING_CODE = ("attacks", "data.py", "datasets.py", "evaluation.py", "models.py",
+                 "recipes.py", "training.py", "utils.py")  # fmt: skip
+CODE_HASH = "1050b40fc1d4bf57"
 
 
 class CheckpointError(RuntimeError):
@@ -112,7 +114,7 @@ def checkpoint_path(name: str, config: dict) -> Path:
 def load_or_train(
     name: str,
     config: dict,
-    train_fn: Callable[[nn.Module, dict], dict],
+    train_fn: Callable[[nn.Module, dict], dict] = recipes.train,
     *,
     device: Device = "cpu",
 ) -> tuple[nn.Module, dict]:
@@ -133,7 +135,8 @@ def load_or_train(
     Args:
         name: Short name of the model (part of the file name), e.g. "baseline".
         config: JSON-serializable dict with at least "arch", "dataset" and "seed".
-        train_fn: Trains the given model for `config`; returns a metrics dict.
+        train_fn: Trains the given model for `config`; returns a metrics dict
+            (default: `recipes.train`).
         device: Where the returned model lives (and where it trains on a miss).
 
     Returns:
@@ -297,66 +300,99 @@ def _restored_rng(device: torch.device) -> Iterator[None]:
             torch.cuda.set_rng_state_all(gpu)
 
 
-# ------------------------------------------------- the models shipped in data/zoo/
+# ------------------------------------------------------------ the named models
 
-# Full-size MNIST models that `make zoo` trains with the kit's own recipes (eps 0.3).
-SHIPPED = {
-    "baseline": dict(recipe="standard", epochs=12),  # 4 and 8 epochs: 98.97%
-    # 20 epochs instead of Wong et al.'s 10: 81% worst-case robust instead of 75%
-    # (measured on an H200; 30 epochs gave no more)
-    "fgsm_rs": dict(recipe="fgsm_rs", epochs=20),
-    # 20 steps of 0.025 instead of the papers' 40 of 0.01: half the cost on a CPU
-    "pgd": dict(recipe="pgd", attack_steps=20, alpha=0.025),
-    "trades": dict(recipe="trades", attack_steps=20, alpha=0.025),
+# The zoo's models: a recipe and what the zoo changes of its defaults. `make zoo`
+# trains the first four at full size with them, for a dataset, and ships them.
+MODELS = {
+    "baseline": lambda ds: dict(recipe="standard", epochs=12),  # MNIST 4, 8: 98.97%
+    # 20 epochs instead of Wong et al.'s 10 on MNIST: 81% worst-case robust instead
+    # of 75% (measured on an H200; 30 epochs gave no more)
+    "fgsm_rs": lambda ds: dict(recipe="fgsm_rs", epochs=20),
+    # 20 steps of eps / 12 instead of the papers' 40 of eps / 30: half the cost
+    "pgd": lambda ds: dict(recipe="pgd", attack_steps=20, alpha=ds.eps / 12),
+    "trades": lambda ds: dict(recipe="trades", attack_steps=20, alpha=ds.eps / 12),
+    "distilled": lambda ds: dict(recipe="distillation"),  # notebook 04
 }
+SHIPPABLE = ("baseline", "fgsm_rs", "pgd", "trades")
 # The evaluation recorded in the manifest: robustkit's worst case over APGD-CE,
-# APGD-T (DLR) and Square on the full test set. Fewer targets and queries than
-# AutoAttack's standard run (9 and 5000), to fit a CPU.
-SHIPPED_EVAL = dict(eps=0.3, steps=100, n_targets=3, queries=1000)
+# APGD-T (DLR) and Square on the full test set, at the dataset's budget. Fewer
+# targets and queries than AutoAttack's standard run (9 and 5000), to fit a CPU.
+SHIPPED_EVAL = dict(steps=100, n_targets=3, queries=1000)
 
 
-def shipped_config(name: str, **overrides) -> dict:
-    """The training config of shipped model `name`, with `overrides` (a notebook's
-    parameters). Equal to the shipped one, it loads the shipped weights."""
-    from robustkit import training
+def config(name: str, dataset: str | None = None, **overrides) -> dict:
+    """The training config of zoo model `name` on `dataset` (None: the default
+    dataset), with `overrides` (e.g. a notebook's sizes). Without overrides, and
+    for a shipped dataset, it is the config of the shipped model."""
+    if name not in MODELS:
+        raise ValueError(f"unknown zoo model {name!r}: use one of {sorted(MODELS)}")
+    ds = datasets.get(dataset or datasets.DEFAULT)
+    return recipes.config(**{**MODELS[name](ds), "dataset": ds.name, **overrides})
 
-    if name not in SHIPPED:
-        raise ValueError(
-            f"unknown shipped model {name!r}: use one of {sorted(SHIPPED)}"
-        )
-    return training.config(**{**SHIPPED[name], **overrides})
+
+def model(
+    name: str,
+    dataset: str | None = None,
+    *,
+    device: Device = "cpu",
+    progress: bool = True,
+    **overrides,
+) -> tuple[nn.Module, dict]:
+    """Zoo model `name` on `dataset` with `overrides`: loaded if shipped or cached,
+    else trained once (`recipes.train`) and cached.
+
+    Returns:
+        (model in eval mode on `device`, its training metrics).
+    """
+    cfg = config(name, dataset, **overrides)
+    train = partial(recipes.train, progress=progress)
+    return load_or_train(name, cfg, train, device=device)
+
+
+def shipped(dataset: str | None = None) -> list[dict]:
+    """The manifest's entries (of `dataset`, or all), in MODELS order."""
+    order = {name: i for i, name in enumerate(MODELS)}
+    entries = _read_manifest(SHIPPED_DIR / "manifest.json")
+    return sorted(
+        (e for e in entries if dataset is None or e["config"]["dataset"] == dataset),
+        key=lambda e: (datasets.names().index(e["config"]["dataset"]),
+                       order.get(e["name"], 99)),
+    )  # fmt: skip
 
 
 def build(
-    names: list[str], *, device: Device = "cpu", progress: bool = True
+    names: list[str],
+    *,
+    dataset: str | None = None,
+    device: Device = "cpu",
+    progress: bool = True,
 ) -> list[dict]:
-    """Train (or load from the cache) the SHIPPED models, evaluate them, and write
-    their weights and data/zoo/manifest.json (recipe, seed, SHA-256, accuracies)."""
-    from robustkit import (
-        data,
-        evaluation,
-        training,
-    )  # zoo is imported by training users
+    """Train (or load from the cache) zoo models at full size on `dataset`, evaluate
+    them with the worst case at the dataset's budget, and write their weights and
+    data/zoo/manifest.json (recipe, seed, SHA-256, accuracies)."""
+    from robustkit import data, evaluation
 
-    unknown = set(names) - set(SHIPPED)
+    unknown = set(names) - set(SHIPPABLE)
     if unknown:
         raise ValueError(
-            f"unknown shipped models {sorted(unknown)}: use {sorted(SHIPPED)}"
+            f"unknown shippable models {sorted(unknown)}: use {list(SHIPPABLE)}"
         )
+    ds = datasets.get(dataset or datasets.DEFAULT)
     manifest_path = SHIPPED_DIR / "manifest.json"
     manifest = _read_manifest(manifest_path, missing_ok=True)
-    splits = data.load("mnist", n_train=0, device=device)
+    splits = data.load(ds.name, n_train=0, device=device)
     loader = data.Batches(splits.x_test, splits.y_test, batch_size=500)
+    evaluation_cfg = dict(eps=ds.eps, **SHIPPED_EVAL)
     for name in names:
-        cfg = shipped_config(name)
-        train = partial(training.train_from_config, progress=progress)
-        model, metrics = load_or_train(name, cfg, train, device=device)
-        attack_set = evaluation.strong_attacks(**SHIPPED_EVAL)
+        cfg = config(name, ds.name)
+        net, metrics = model(name, ds.name, device=device, progress=progress)
+        attack_set = evaluation.strong_attacks(**evaluation_cfg)
         with _restored_rng(torch.device(device)):
             seed_everything(0)
-            result = evaluation.worst_case(model, loader, attack_set, progress=progress)
+            result = evaluation.worst_case(net, loader, attack_set, progress=progress)
         SHIPPED_DIR.mkdir(parents=True, exist_ok=True)
-        file = SHIPPED_DIR / f"{name}.pt"
+        file = SHIPPED_DIR / _file_name(name, ds.name)
         shutil.copyfile(checkpoint_path(name, cfg), file)
         entry = dict(
             name=name,
@@ -367,7 +403,7 @@ def build(
             clean_accuracy=result.clean_accuracy,
             robust_accuracy=result.robust_accuracy,
             robust_accuracy_after=result.per_attack,
-            evaluation=SHIPPED_EVAL,
+            evaluation=evaluation_cfg,
             train_seconds=metrics["train_seconds"],
             train_device=metrics.get("device"),
             version=robustkit.__version__,
@@ -376,13 +412,19 @@ def build(
         manifest = [
             e
             for e in _read_manifest(manifest_path, missing_ok=True)
-            if e["name"] != name
+            if e["file"] != file.name
         ]
         manifest.append(entry)
         tmp = manifest_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(manifest, indent=1) + "\n")
         tmp.replace(manifest_path)
     return manifest
+
+
+def _file_name(name: str, dataset: str) -> str:
+    """data/zoo/ file of a shipped model: `<name>.pt` for the default dataset (the
+    first ones shipped), `<dataset>-<name>.pt` for the others."""
+    return f"{name}.pt" if dataset == datasets.DEFAULT else f"{dataset}-{name}.pt"
 
 
 def _read_manifest(path: Path, *, missing_ok: bool = False) -> list[dict]:
@@ -412,18 +454,16 @@ def _read_manifest(path: Path, *, missing_ok: bool = False) -> list[dict]:
 def manifest_table() -> str:
     """The shipped models as a Markdown table (the README's), from the manifest."""
     rows = [
-        "| model | recipe | epochs | clean | worst-case robust | APGD-CE | APGD-T "
-        "| Square | trained on | training time |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| dataset | model | recipe | epochs | eps | clean | worst-case robust "
+        "| APGD-CE | APGD-T | Square | trained on | training time |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    order = {name: i for i, name in enumerate(SHIPPED)}
-    for e in sorted(
-        _read_manifest(SHIPPED_DIR / "manifest.json"),
-        key=lambda e: order.get(e["name"], 99),
-    ):
+    for e in shipped():
         after = e["robust_accuracy_after"]
         rows.append(
-            f"| `{e['name']}` | {e['config']['recipe']} | {e['config']['epochs']} "
+            f"| {datasets.get(e['config']['dataset']).title} | `{e['name']}` "
+            f"| {e['config']['recipe']} | {e['config']['epochs']} "
+            f"| {e['evaluation']['eps']:.3g} "
             f"| {e['clean_accuracy']:.2%} | {e['robust_accuracy']:.2%} "
             + " ".join(
                 f"| {after[k]:.2%}" for k in ("APGD-CE", "APGD-T (DLR)", "Square")
@@ -435,13 +475,15 @@ def manifest_table() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """python -m robustkit.zoo [NAME ...] [--device auto]: build the shipped models."""
+    """python -m robustkit.zoo [NAME ...] [--dataset D] [--device auto]: build the
+    shipped models of a dataset."""
     import argparse
 
     from robustkit.utils import get_device
 
     parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("names", nargs="*", default=list(SHIPPED))
+    parser.add_argument("names", nargs="*", default=list(SHIPPABLE))
+    parser.add_argument("--dataset", default=datasets.DEFAULT, choices=datasets.names())
     parser.add_argument("--device", default="auto")
     parser.add_argument(
         "--table", action="store_true", help="print the manifest as Markdown and exit"
@@ -450,7 +492,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.table:
         print(manifest_table())
         return 0
-    for entry in build(args.names, device=get_device(args.device)):
+    build(args.names, dataset=args.dataset, device=get_device(args.device))
+    for entry in shipped(args.dataset):
         print(
             f"{entry['name']:10s} clean {entry['clean_accuracy']:.4f}  "
             f"worst-case robust {entry['robust_accuracy']:.4f}  "

@@ -44,11 +44,11 @@ def mnist_baseline(private_cache):
     trained once per session through the zoo, and 500 test images."""
     from functools import partial
 
-    from robustkit import data, training, zoo
+    from robustkit import data, recipes, zoo
 
-    cfg = training.config(n_train=5_000, epochs=5)
+    cfg = recipes.config(n_train=5_000, epochs=5)
     model, _ = zoo.load_or_train(
-        "baseline", cfg, partial(training.train_from_config, progress=False)
+        "baseline", cfg, partial(recipes.train, progress=False)
     )
     splits = data.load("mnist", n_train=0, n_test=500, seed=0)
     return model, splits.x_test, splits.y_test

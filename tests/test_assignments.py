@@ -8,7 +8,7 @@ import json
 import nbformat
 import pytest
 
-from robustkit import assignments, runner
+from robustkit.course import assignments, runner
 
 SOLUTION = """\
 def my_project(delta, eps):
@@ -33,7 +33,7 @@ def synthetic_notebook():
     }  # fmt: skip
     nb.cells = [
         nbformat.v4.new_markdown_cell("# A tiny exercise"),
-        code("from robustkit import checks"),
+        code("from robustkit.course import checks"),
         code(SOLUTION, "solution"),
         code('assert checks.check_projection(my_project, "linf")', "self-check"),
         code(CELL_SOLUTION, "solution"),
@@ -177,7 +177,7 @@ def test_real_notebooks_pair_each_solution_with_a_self_check(path):
     for k, (cell, stubbed) in enumerate(code_cells):
         tags = cell.metadata.get("tags", [])
         if "self-check" in tags:
-            assert "checks.check_" in cell.source, "a self-check calls robustkit.checks"
+            assert "checks.check_" in cell.source, "a self-check calls course.checks"
         if "solution" not in tags:
             continue
         for line in solution_lines(cell.source):

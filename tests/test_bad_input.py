@@ -5,6 +5,7 @@ work is done, never a silent wrong answer or an error from deep inside."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 from functools import partial
 
@@ -13,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from robustkit import attacks, evaluation, models, training
+from robustkit import attacks, datasets, evaluation, models, recipes, training
 
 
 def conv_net(seed=0, classes=10):
@@ -213,12 +214,15 @@ def test_sanity_checks_leave_batchnorm_statistics_and_mode_alone():
 
 
 @pytest.mark.parametrize("arch", ["small_cnn", "mnist_cnn"])
-def test_create_refuses_a_dataset_the_architecture_cannot_take(arch):
+def test_create_refuses_a_dataset_the_architecture_cannot_take(arch, monkeypatch):
+    odd = dataclasses.replace(datasets.TABLE["mnist"], name="odd", shape=(1, 30, 30))
+    monkeypatch.setitem(datasets.TABLE, "odd", odd)
     with pytest.raises(
         ValueError,
-        match=f"{arch} takes 1x28x28 images; cifar10 has 3x32x32: use preact_resnet18",
+        match=f"{arch} takes images whose sides are multiples of 4 .*; odd has "
+        "1x30x30: use preact_resnet18",
     ):
-        models.create(arch, "cifar10")
+        models.create(arch, "odd")
 
 
 @pytest.mark.parametrize(
@@ -276,24 +280,25 @@ def test_create_refuses_unknown_names(arch, dataset, match):
     ],
 )
 def test_config_refuses_values_training_cannot_use(key, value):
-    allowed = str(training.CONFIG_RULES[key][1])
+    allowed = str(recipes.CONFIG_RULES[key][1])
     match = re.escape(f"{key}={value!r} (use {allowed})")
     with pytest.raises(ValueError, match=match):
-        training.config("pgd", **{key: value})
+        recipes.config("pgd", **{key: value})
 
 
 def test_config_guard_needs_validation_examples():
     with pytest.raises(ValueError, match="guard='best' with n_val=0"):
-        training.config("pgd", n_val=0)
-    assert training.config("pgd", n_val=0, guard=None)["n_val"] == 0
+        recipes.config("pgd", n_val=0)
+    assert recipes.config("pgd", n_val=0, guard=None)["n_val"] == 0
 
 
 def test_config_rules_cover_every_key_and_every_schedule():
-    assert set(training.CONFIG_RULES) == set(training.DEFAULT_CONFIG)
+    assert set(recipes.CONFIG_RULES) == set(recipes.DEFAULT_CONFIG)
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
     for kind in training.SCHEDULES:
         training.lr_schedule(opt, kind, epochs=1, steps_per_epoch=1)
     with pytest.raises(ValueError, match="unknown schedule"):
         training.lr_schedule(opt, "linear", epochs=1, steps_per_epoch=1)
-    for recipe in training.RECIPES:  # the defaults themselves pass
-        training.config(recipe)
+    for recipe in recipes.RECIPES:  # the defaults themselves pass, on every dataset
+        for name in datasets.names():
+            assert recipes.config(recipe, dataset=name)["dataset"] == name

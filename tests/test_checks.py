@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustkit import attacks, checks
+from robustkit import attacks
+from robustkit.course import checks
 
 # ------------------------------------------------------- answers, right and wrong
 

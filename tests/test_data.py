@@ -1,68 +1,52 @@
 import gzip
 import hashlib
+import json
 import pickle
 import shutil
 import urllib.error
+import warnings
 
+import cifar_format
 import numpy as np
 import pytest
 import torch
 
-from robustkit import data
+from robustkit import data, datasets
+
+SHIPPED = [name for name in datasets.names() if datasets.get(name).shipped]
 
 
-def write_idx(path, array, compress=True):
-    """Write a uint8 array in the IDX format (big-endian dims after a 4-byte magic)."""
+def write_idx(path, array):
+    """Write a uint8 array as a gzip-compressed IDX file (big-endian dims after a
+    4-byte magic)."""
     header = bytes([0, 0, 8, array.ndim]) + b"".join(
         int(d).to_bytes(4, "big") for d in array.shape
     )
-    raw = header + array.astype(np.uint8).tobytes()
-    path.write_bytes(gzip.compress(raw) if compress else raw)
+    path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
 
 
-def write_fake_idx_dataset(folder, n_train=30, n_test=20, compress=True):
+def write_fake_idx_dataset(folder, n_train=30, n_test=20):
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
-    suffix = ".gz" if compress else ""
     arrays = {
-        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 28, 28)),
-        "train-labels-idx1-ubyte": np.arange(n_train) % 10,
-        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 28, 28)),
-        "t10k-labels-idx1-ubyte": np.arange(n_test) % 10,
+        "train-images-idx3-ubyte.gz": rng.integers(0, 256, (n_train, 28, 28)),
+        "train-labels-idx1-ubyte.gz": np.arange(n_train) % 10,
+        "t10k-images-idx3-ubyte.gz": rng.integers(0, 256, (n_test, 28, 28)),
+        "t10k-labels-idx1-ubyte.gz": np.arange(n_test) % 10,
     }
-    for stem, array in arrays.items():
-        write_idx(folder / (stem + suffix), array, compress)
+    for name, array in arrays.items():
+        write_idx(folder / name, array)
     return arrays
 
 
-def write_fake_cifar(folder, n_per_batch=6):
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for name in data.CIFAR_FILES:
-        batch = {
-            "data": rng.integers(0, 256, (n_per_batch, 3072)).astype(np.uint8),
-            "labels": rng.integers(0, 10, n_per_batch).tolist(),
-            "batch_label": name,
-        }
-        with open(folder / name, "wb") as f:
-            pickle.dump(batch, f)
-
-
-@pytest.fixture
-def official(monkeypatch):
-    """Pass the small fake files of a test off as the official ones: bless(folder)
-    puts their MD5s in place of torchvision's table, and the official counts become
-    those the write_fake_* helpers use by default."""
-    table = {}
-    monkeypatch.setattr(data, "official_md5", lambda name: table)
-    counts = {"fashion_mnist": (30, 20), "cifar10": (30, 6)}
-    monkeypatch.setattr(data, "COUNTS", {**data.COUNTS, **counts})
-
-    def bless(folder):
-        for path in folder.iterdir():
-            table[path.name] = hashlib.md5(path.read_bytes()).hexdigest()
-
-    return bless
+def declare(monkeypatch, tmp_path, name, folder, splits):
+    """Declare the files in `folder` as dataset `name` (ROBUSTKIT_DATASETS): their
+    checksums and split sizes, the way a local variant of a dataset is declared."""
+    digest = hashlib.sha256 if datasets.get(name).shipped else hashlib.md5
+    files = {p.name: digest(p.read_bytes()).hexdigest() for p in folder.iterdir()}
+    path = tmp_path / "overrides.json"
+    path.write_text(json.dumps({name: {"files": files, "splits": list(splits)}}))
+    monkeypatch.setenv(datasets.ENV, str(path))
 
 
 # ------------------------------------------------------------------ MNIST (shipped)
@@ -125,79 +109,108 @@ def test_unknown_dataset():
 
 @pytest.fixture
 def shipped_copy(tmp_path, monkeypatch):
-    """A private copy of data/mnist that a test may damage."""
-    shutil.copytree(data.SHIPPED / "mnist", tmp_path / "mnist")
-    monkeypatch.setattr(data, "SHIPPED", tmp_path)
-    return tmp_path / "mnist"
+    """Private copies of the shipped datasets that a test may damage, and a private
+    cache for their decompressed copies."""
+    for name in SHIPPED:
+        folder = datasets.get(name).shipped
+        shutil.copytree(data.SHIPPED / folder, tmp_path / "data" / folder)
+    monkeypatch.setattr(data, "SHIPPED", tmp_path / "data")
+    monkeypatch.setenv("ROBUSTKIT_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "data"
 
 
-def test_mnist_checksum_failure_names_file_and_fix(shipped_copy):
-    path = shipped_copy / "t10k-labels-idx1-ubyte.gz"
+@pytest.mark.parametrize("name", SHIPPED)
+def test_a_shipped_file_that_fails_its_checksum_names_file_and_fix(shipped_copy, name):
+    path = shipped_copy / datasets.get(name).shipped / "t10k-labels-idx1-ubyte.gz"
     raw = bytearray(path.read_bytes())
     raw[100] ^= 0xFF
     path.write_bytes(bytes(raw))
     with pytest.raises(data.DataFileError, match="t10k-labels.*SHA-256.*git checkout"):
-        data.load("mnist")
+        data.load(name)
 
 
-def test_mnist_missing_file_names_file_and_fix(shipped_copy):
-    (shipped_copy / "train-images-idx3-ubyte.gz").unlink()
+@pytest.mark.parametrize("name", SHIPPED)
+def test_a_missing_shipped_file_names_file_and_fix(shipped_copy, name):
+    (shipped_copy / datasets.get(name).shipped / "train-images-idx3-ubyte.gz").unlink()
     with pytest.raises(data.DataFileError, match="train-images.*missing.*git checkout"):
+        data.load(name)
+
+
+def test_mnist_files_in_the_fashion_mnist_folder_are_refused(shipped_copy):
+    fashion = shipped_copy / datasets.get("fashion_mnist").shipped
+    shutil.rmtree(fashion)
+    shutil.copytree(shipped_copy / "mnist", fashion)  # the right names, the wrong data
+    with pytest.raises(
+        data.DataFileError, match="Fashion-MNIST file .*train-images.*SHA-256"
+    ):
+        data.load("fashion_mnist")
+
+
+def test_fashion_mnist_ships_and_loads_offline():
+    d = data.load("fashion_mnist")
+    assert d.x_train.shape == (60_000, 1, 28, 28) and d.x_test.shape == (
+        10_000,
+        1,
+        28,
+        28,
+    )
+    assert d.classes[0] == "T-shirt/top" and d.classes[-1] == "Ankle boot"
+    # every class has 6,000 training and 1,000 test images (data/SOURCES.md)
+    assert torch.bincount(d.y_train).tolist() == [6_000] * 10
+    assert torch.bincount(d.y_test).tolist() == [1_000] * 10
+    assert d.y_test[:5].tolist() == [9, 2, 1, 1, 6]  # the official order
+    assert abs(d.x_train.mean().item() - datasets.get("fashion_mnist").mean[0]) < 1e-3
+
+
+def test_a_corrupt_decompressed_copy_is_reported_and_rebuilt(shipped_copy):
+    first = data.load("mnist", n_train=100, n_test=100)
+    (raw,) = (shipped_copy.parent / "cache" / "data").glob("mnist-*/MNIST/raw")
+    images = raw / "t10k-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:1000])  # truncated, as by a killed process
+    with pytest.warns(UserWarning, match="decompressed copy of MNIST.*corrupt"):
+        again = data.load("mnist", n_train=100, n_test=100)
+    assert torch.equal(first.x_test, again.x_test)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # rebuilt: the next load is silent
+        data.load("mnist", n_train=0, n_test=10)
+
+
+def test_the_count_and_label_checks_hold_for_a_declared_variant(
+    shipped_copy, tmp_path, monkeypatch
+):
+    """Files that pass their checksums are still checked for counts and labels."""
+    folder = shipped_copy / "mnist"
+    shutil.rmtree(folder)
+    write_fake_idx_dataset(folder)
+    declare(monkeypatch, tmp_path, "mnist", folder, (31, 20))
+    with pytest.raises(
+        data.DataFileError, match="train-images.* 30 images where mnist"
+    ):
+        data.load("mnist")
+    write_idx(folder / "t10k-labels-idx1-ubyte.gz", np.arange(19) % 10)
+    declare(monkeypatch, tmp_path, "mnist", folder, (30, 20))
+    with pytest.raises(
+        data.DataFileError, match="t10k-images.* 20 images but .*t10k-labels.* 19 lab"
+    ):
+        data.load("mnist")
+    write_fake_idx_dataset(folder)
+    write_idx(folder / "train-labels-idx1-ubyte.gz", np.arange(30) % 12)
+    declare(monkeypatch, tmp_path, "mnist", folder, (30, 20))
+    with pytest.raises(
+        data.DataFileError, match="train-labels.*labels outside 0-9 .*max 11"
+    ):
         data.load("mnist")
 
 
-def test_truncated_idx_is_a_clear_error(tmp_path):
-    path = tmp_path / "x.idx"
-    write_idx(path, np.zeros((5, 28, 28)), compress=False)
-    path.write_bytes(path.read_bytes()[:-10])
-    with pytest.raises(data.DataFileError, match="x.idx.*truncated"):
-        data.read_idx(path)
-    gz = tmp_path / "y.gz"
-    write_idx(gz, np.zeros((5, 28, 28)))
-    gz.write_bytes(gz.read_bytes()[:20])
-    with pytest.raises(data.DataFileError, match="y.gz.*truncated or corrupt"):
-        data.read_idx(gz)
-
-
-# ------------------------------------------------- downloaded datasets (fake files)
-
-
-def test_fashion_mnist_from_files_in_the_torchvision_layout(
-    tmp_path, monkeypatch, official
-):
-    monkeypatch.setenv("ROBUSTKIT_DATA", str(tmp_path))
-    arrays = write_fake_idx_dataset(tmp_path / "FashionMNIST" / "raw")
-    official(tmp_path / "FashionMNIST" / "raw")
-    d = data.load("fashion_mnist", n_val=5, device="cpu", download=False)
-    assert d.x_train.shape == (25, 1, 28, 28) and d.x_test.shape == (20, 1, 28, 28)
-    expected = torch.from_numpy(arrays["t10k-images-idx3-ubyte"]).float() / 255
-    assert torch.equal(d.x_test[:, 0], expected)  # full test set, official order
-    assert d.classes[0] == "T-shirt/top"
-
-
-def test_fashion_mnist_uncompressed_files_also_load(tmp_path, monkeypatch, official):
-    monkeypatch.setenv("ROBUSTKIT_DATA", str(tmp_path))
-    write_fake_idx_dataset(tmp_path / "FashionMNIST" / "raw", compress=False)
-    assert len(data.load("fashion_mnist", download=False).x_train) == 30
-
-
-def test_corrupt_download_names_file_and_fix(tmp_path, monkeypatch, official):
-    monkeypatch.setenv("ROBUSTKIT_DATA", str(tmp_path))
-    raw = tmp_path / "FashionMNIST" / "raw"
-    write_fake_idx_dataset(raw)
-    path = raw / "train-labels-idx1-ubyte.gz"
-    path.write_bytes(path.read_bytes()[:-4])
-    official(raw)  # its checksum matches: the gzip reader must catch the truncation
-    with pytest.raises(data.DataFileError, match="train-labels.*re-download"):
-        data.load("fashion_mnist", download=False)
+# ----------------------------------------- CIFAR-10 (downloaded; files in its format)
 
 
 def test_offline_without_download_says_what_to_get_and_where(tmp_path, monkeypatch):
     monkeypatch.setenv("ROBUSTKIT_DATA", str(tmp_path))
     with pytest.raises(
-        data.DataFileError, match="train-images-idx3-ubyte.gz.*FashionMNIST"
+        data.DataFileError, match="cifar10 is not in .*download=False.*cifar-10-python"
     ):
-        data.load("fashion_mnist", download=False)
+        data.load("cifar10", download=False)
 
 
 def test_failed_download_says_what_to_get_and_where(tmp_path, monkeypatch):
@@ -207,116 +220,110 @@ def test_failed_download_says_what_to_get_and_where(tmp_path, monkeypatch):
         raise urllib.error.URLError("no network")
 
     monkeypatch.setenv("ROBUSTKIT_DATA", str(tmp_path))
-    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    monkeypatch.setattr(torchvision.datasets.CIFAR10, "download", offline)
     with pytest.raises(
         data.DataFileError, match="could not download cifar10.*offline.*cifar-10"
     ):
         data.load("cifar10")
 
 
-def test_cifar10_from_files_in_the_torchvision_layout(tmp_path, monkeypatch, official):
+def test_cifar10_from_files_in_its_format(tmp_path, monkeypatch):
     monkeypatch.setenv("ROBUSTKIT_DATA", str(tmp_path))
-    write_fake_cifar(tmp_path / "cifar-10-batches-py")
-    official(tmp_path / "cifar-10-batches-py")
+    folder = cifar_format.random(tmp_path)
+    declare(monkeypatch, tmp_path, "cifar10", folder, (30, 6))
     d = data.load("cifar10", n_test=4, download=False)
     assert d.x_train.shape == (30, 3, 32, 32) and d.x_test.shape == (4, 3, 32, 32)
     assert 0 <= d.x_train.min() and d.x_train.max() <= 1 and d.classes[-1] == "truck"
+    with open(folder / "data_batch_1", "rb") as f:  # channel-first, as written
+        first = np.asarray(pickle.load(f)["data"][0]).reshape(3, 32, 32)
+    every = data.load("cifar10", download=False)
+    match = (every.x_train * 255).round().to(torch.uint8)
+    assert any(torch.equal(m, torch.from_numpy(first)) for m in match)
 
 
-def test_cifar_pickle_with_code_is_refused(tmp_path, monkeypatch, official):
+class _Payload:
+    """Unpickling this runs code: it writes a marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_batch_that_is_not_the_declared_file_is_never_unpickled(
+    tmp_path, monkeypatch
+):
     monkeypatch.setenv("ROBUSTKIT_DATA", str(tmp_path))
-    folder = tmp_path / "cifar-10-batches-py"
-    write_fake_cifar(folder)
+    folder = cifar_format.random(tmp_path)
+    declare(monkeypatch, tmp_path, "cifar10", folder, (30, 6))
+    marker = tmp_path / "code-ran"
     with open(folder / "test_batch", "wb") as f:
-        pickle.dump({"data": print, "labels": []}, f)  # a global that is not an array
-    official(folder)  # past the checksum: the unpickler itself must refuse it
-    with pytest.raises(data.DataFileError, match="test_batch.*re-download"):
+        pickle.dump({"data": _Payload(marker), "labels": []}, f)
+    with pytest.raises(data.DataFileError, match="test_batch fails its MD5.*re-down"):
         data.load("cifar10", download=False)
+    assert not marker.exists()
 
 
-# ------------------------------------------------ verified against official tables
-
-
-def test_mnist_files_in_the_fashion_mnist_folder_are_refused(tmp_path, monkeypatch):
-    monkeypatch.setenv("ROBUSTKIT_DATA", str(tmp_path))
-    raw = tmp_path / "FashionMNIST" / "raw"
-    shutil.copytree(data.SHIPPED / "mnist", raw)  # the right names, the wrong data
-    with pytest.raises(
-        data.DataFileError, match="train-images-idx3-ubyte.gz fails its MD5.*re-down"
-    ):
-        data.load("fashion_mnist", download=False)
-
-
-def test_official_md5_tables_are_torchvisions():
+def test_the_table_has_torchvisions_cifar10_checksums():
     import torchvision.datasets as tvd
 
-    fashion = data.official_md5("fashion_mnist")
-    assert set(fashion) == {s + ".gz" for s in data.IDX_STEMS}
-    assert fashion == dict(tvd.FashionMNIST.resources)
-    assert set(data.official_md5("cifar10")) == set(data.CIFAR_FILES)
+    table = datasets.TABLE["cifar10"].files
+    expected = dict(tvd.CIFAR10.train_list + tvd.CIFAR10.test_list)
+    expected[tvd.CIFAR10.meta["filename"]] = tvd.CIFAR10.meta["md5"]
+    assert table == expected
+    fashion = dict(tvd.FashionMNIST.resources)  # MD5s of the shipped files
+    folder = data.SHIPPED / datasets.get("fashion_mnist").shipped
+    for fname, md5 in fashion.items():
+        assert hashlib.md5((folder / fname).read_bytes()).hexdigest() == md5
 
 
-def test_fake_files_fail_the_official_checksums(tmp_path, monkeypatch):
+def test_files_in_the_format_fail_the_official_checksums(tmp_path, monkeypatch):
     monkeypatch.setenv("ROBUSTKIT_DATA", str(tmp_path))
-    write_fake_cifar(tmp_path / "cifar-10-batches-py")
+    cifar_format.random(tmp_path)
     with pytest.raises(data.DataFileError, match="data_batch_1 fails its MD5"):
         data.load("cifar10", download=False)
 
 
-@pytest.mark.parametrize("compress", [True, False])
-def test_a_fashion_mnist_count_unlike_the_official_one_is_refused(
-    tmp_path, monkeypatch, compress
-):
-    """Uncompressed IDX files have no official checksum; their counts are checked."""
+def test_cifar_labels_and_counts_are_checked(tmp_path, monkeypatch):
     monkeypatch.setenv("ROBUSTKIT_DATA", str(tmp_path))
-    monkeypatch.setattr(data, "official_md5", lambda name: {})  # past the checksums
-    write_fake_idx_dataset(tmp_path / "FashionMNIST" / "raw", compress=compress)
-    with pytest.raises(
-        data.DataFileError, match="train-images.* 30 images where fashion_mnist has"
-    ):
-        data.load("fashion_mnist", download=False)
-
-
-def test_images_and_labels_of_different_counts_are_refused(
-    tmp_path, monkeypatch, official
-):
-    monkeypatch.setenv("ROBUSTKIT_DATA", str(tmp_path))
-    raw = tmp_path / "FashionMNIST" / "raw"
-    write_fake_idx_dataset(raw)
-    write_idx(raw / "t10k-labels-idx1-ubyte.gz", np.arange(19) % 10)
-    official(raw)
-    with pytest.raises(
-        data.DataFileError, match="t10k-images.* 20 images but .*t10k-labels.* 19 lab"
-    ):
-        data.load("fashion_mnist", download=False)
-
-
-def test_labels_outside_the_classes_are_refused(tmp_path, monkeypatch, official):
-    monkeypatch.setenv("ROBUSTKIT_DATA", str(tmp_path))
-    raw = tmp_path / "FashionMNIST" / "raw"
-    write_fake_idx_dataset(raw)
-    write_idx(raw / "train-labels-idx1-ubyte.gz", np.arange(30) % 12)
-    official(raw)
-    with pytest.raises(
-        data.DataFileError, match="train-labels.*labels outside 0-9 .*max 11"
-    ):
-        data.load("fashion_mnist", download=False)
-
-
-def test_cifar_labels_and_counts_are_checked(tmp_path, monkeypatch, official):
-    monkeypatch.setenv("ROBUSTKIT_DATA", str(tmp_path))
-    folder = tmp_path / "cifar-10-batches-py"
-    write_fake_cifar(folder)
+    folder = cifar_format.random(tmp_path)
     batch = {"data": np.zeros((6, 3072), np.uint8), "labels": [0, 1, 2, 3, 4, 10]}
     with open(folder / "test_batch", "wb") as f:
         pickle.dump(batch, f)
-    official(folder)
+    declare(monkeypatch, tmp_path, "cifar10", folder, (30, 6))
     with pytest.raises(data.DataFileError, match="test_batch has labels outside 0-9"):
         data.load("cifar10", download=False)
-    write_fake_cifar(folder, n_per_batch=7)
-    official(folder)
+    cifar_format.random(tmp_path, n_per_batch=7)
+    declare(monkeypatch, tmp_path, "cifar10", folder, (30, 7))
     with pytest.raises(data.DataFileError, match="35 images where cifar10 has 30"):
         data.load("cifar10", download=False)
+
+
+def test_crop_flip_moves_each_image_within_its_padding():
+    torch.manual_seed(0)
+    x = torch.rand(64, 3, 8, 8)
+    out = data.crop_flip(x, pad=2)
+    assert out.shape == x.shape and not torch.equal(out, x)
+    # each output is a shifted (and maybe mirrored) copy of its own input
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    for i in range(len(x)):
+        views = [
+            v[:, a : a + 8, b : b + 8]
+            for v in (padded[i], padded[i].flip(2))
+            for a in range(5)
+            for b in range(5)
+        ]
+        assert any(torch.equal(out[i], v) for v in views)
+    flips = sum(
+        not any(
+            torch.equal(out[i], padded[i][:, a : a + 8, b : b + 8])
+            for a in range(5)
+            for b in range(5)
+        )
+        for i in range(len(x))
+    )
+    assert 10 < flips < 54  # about half are mirrored
 
 
 # ------------------------------------------------------------------------ batches

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from robustkit import attacks, data, defenses, evaluation, training, zoo
+from robustkit import attacks, data, defenses, evaluation, recipes, zoo
 
 TRANSFORMS = {
     "jpeg": partial(defenses.jpeg, quality=50),
@@ -40,9 +40,9 @@ def accuracy(model, x, y, attack):
 @pytest.fixture(scope="module")
 def mnist_surrogate(private_cache):
     """A separately trained, smaller MNIST model: the transfer attacker's surrogate."""
-    cfg = training.config(n_train=2_000, epochs=2, seed=1)
+    cfg = recipes.config(n_train=2_000, epochs=2, seed=1)
     model, _ = zoo.load_or_train(
-        "baseline", cfg, partial(training.train_from_config, progress=False)
+        "baseline", cfg, partial(recipes.train, progress=False)
     )
     return model
 

@@ -35,7 +35,7 @@ def mnist():
 def trained(mnist):
     """A small CNN trained for two epochs with bfloat16 autocast, as on CUDA."""
     torch.manual_seed(0)
-    model = models.create("small_cnn").to(DEVICE)
+    model = models.create("small_cnn", "mnist").to(DEVICE)
     opt = torch.optim.Adam(model.parameters(), lr=5e-3)
     loader = data.Batches(mnist.x_train, mnist.y_train, batch_size=100, shuffle=True)
     history = training.fit(model, loader, opt=opt, epochs=2, amp=True, progress=False)
@@ -116,7 +116,7 @@ def test_shipped_models_load_onto_the_gpu():
         raise AssertionError("a shipped model was retrained")
 
     model, metrics = zoo.load_or_train(
-        "pgd", zoo.shipped_config("pgd"), no_training, device=DEVICE
+        "pgd", zoo.config("pgd"), no_training, device=DEVICE
     )
     assert on_device(next(model.parameters()))
     splits = data.load("mnist", n_train=0, n_test=1_000, device=DEVICE)

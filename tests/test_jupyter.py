@@ -16,7 +16,7 @@ import uuid
 
 import pytest
 
-from robustkit import runner
+from robustkit.course import runner
 from robustkit.utils import ROOT
 
 TOKEN = uuid.uuid4().hex
@@ -179,7 +179,8 @@ def test_a_notebook_runs_cell_by_cell_through_a_kernel(lab):
     papermill injects them)."""
     name = "00_setup_and_tour.ipynb"
     nb = get(lab, f"/api/contents/notebooks/{name}")["content"]
-    small = {**runner.QUICK[name], "N_TRAIN": 1_000, "N_TEST": 200, "EPOCHS": 1}
+    quick = runner.parameter_set(runner.NOTEBOOK_DIR / name, "quick")
+    small = {**quick, "N_TRAIN": 1_000, "N_TEST": 200, "EPOCHS": 1}
     cells = []
     for cell in nb["cells"]:
         if cell["cell_type"] != "code":

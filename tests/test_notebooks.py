@@ -1,24 +1,32 @@
 """Every notebook runs under papermill with small parameters and records sane results.
 
-A notebook in notebooks/ without an entry in runner.QUICK and robustkit.bars fails here.
+A notebook in notebooks/ without quick parameters and bars (robustkit.course.bars)
+fails here.
 """
 
 from __future__ import annotations
 
 import ast
 
+import cifar_format
 import nbformat
 import pytest
 
-from robustkit import bars, runner
+from robustkit import datasets
+from robustkit.course import bars, runner
 
 NOTEBOOKS = runner.notebooks()
+# Every notebook runs quick on each dataset; CIFAR-10 on a miniature in its on-disk
+# format (tests/cifar_format.py), with the small CNN its quick set asks for.
+DATASETS = datasets.names()
 
 
 def test_every_notebook_has_quick_parameters_and_checks():
     found = {nb.name for nb in NOTEBOOKS}
     assert found, "no notebooks found"
-    assert found == set(runner.QUICK) == set(bars.QUICK) == set(bars.FULL)
+    assert found == set(bars.QUICK) == set(bars.FULL)
+    for nb in NOTEBOOKS:
+        assert runner.parameter_file(nb, "quick").exists(), nb.name
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -58,9 +66,11 @@ def test_notebook_is_clean_and_parameterized(path):
     assert any(
         "## References" in c.source for c in nb.cells if c.cell_type == "markdown"
     )
-    assert set(runner.QUICK.get(path.name, {})) <= assigned, (
-        "QUICK sets unknown parameters"
-    )
+    for name in ("quick", "gpu"):
+        if runner.parameter_file(path, name).exists():
+            assert set(runner.parameter_set(path, name)) <= assigned, (
+                f"the {name} set sets unknown parameters"
+            )
 
 
 FRACTIONS = ("accuracy", "rate", "curve", "share", "robust")
@@ -74,21 +84,47 @@ def check_fractions(results):
                 assert v is None or 0.0 <= v <= 1.0, (key, value)
 
 
-def check_provenance(results, path, parameters):
+def check_provenance(results, parameters, arch):
     run = results.pop("provenance")
     assert run["parameters"]["SEED"] == run["seed"] == parameters.get("SEED", 0)
     assert parameters.items() <= run["parameters"].items()
     assert run["threads"] >= 1 and run["torch"] and run["device"] == "cpu"
-    assert run["dataset"] == "mnist" and run["arch"] == "small_cnn"
+    dataset = parameters.get("DATASET", datasets.DEFAULT)
+    assert run["dataset"] == run["parameters"]["DATASET"] == dataset
+    assert run["arch"] == arch
+    assert None not in run["parameters"].values()  # every default was set
+
+
+@pytest.fixture(scope="session")
+def cifar_miniature(tmp_path_factory):
+    """A learnable CIFAR-10-format set and the ROBUSTKIT_DATASETS file declaring it."""
+    root = tmp_path_factory.mktemp("cifar10")
+    folder = cifar_format.miniature(root)
+    return root, cifar_format.declare(folder, root / "datasets.json")
 
 
 @pytest.mark.notebook
+@pytest.mark.parametrize("dataset", DATASETS)
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_runs_and_records_results(path, tmp_path):
-    results = runner.execute(path, tmp_path, quick=True, timeout=600)
-    check_provenance(results, path, runner.QUICK[path.name])
+def test_notebook_runs_and_records_results(path, dataset, tmp_path, request):
+    """Quick, on each dataset: the relations hold on any of them; the absolute
+    levels (measured on MNIST) are checked on MNIST."""
+    if dataset == "cifar10":
+        root, declared = request.getfixturevalue("cifar_miniature")
+        monkeypatch = request.getfixturevalue("monkeypatch")
+        monkeypatch.setenv("ROBUSTKIT_DATA", str(root))
+        monkeypatch.setenv(datasets.ENV, str(declared))
+    parameters = {"DATASET": dataset}
+    results = runner.execute(
+        path, tmp_path, quick=True, parameters=parameters, timeout=900
+    )
+    quick = runner.parameter_set(path, "quick")
+    check_provenance(results, {**quick, **parameters}, quick["ARCH"])
     check_fractions(results)
-    assert not bars.broken(path.name, results), bars.margins(path.name, results)
+    levels = dataset == datasets.DEFAULT
+    assert not bars.broken(path.name, results, levels=levels), bars.margins(
+        path.name, results, levels=levels
+    )
 
 
 @pytest.mark.slow
@@ -98,7 +134,7 @@ def test_notebook_at_teaching_defaults(path, tmp_path):
     """`make test-all`: the teaching run (minutes to an hour each on a CPU; seconds
     where shipped models match), checked against the issues' full-size bars."""
     results = runner.execute(path, tmp_path, quick=False, timeout=4 * 3600)
-    check_provenance(results, path, {})
+    check_provenance(results, {}, datasets.get(datasets.DEFAULT).arch)
     check_fractions(results)
     broken = bars.broken(path.name, results, full=True)
     assert not broken, bars.margins(path.name, results, full=True)

@@ -11,30 +11,68 @@ import papermill as pm
 import pytest
 import torch
 
-from robustkit import parameters, runner, sweep, utils
+from robustkit import datasets, utils
+from robustkit.course import parameters, runner, sweep
 
 NOTEBOOKS = runner.notebooks()
 TYPES = {"int": int, "float": float, "str": str, "list": list, "bool": bool}
 
 
 def declared(path):
-    """{name: (annotation, default)} of a notebook's parameters cell."""
+    """{name: (annotation, optional, default)} of a notebook's parameters cell;
+    `Optional[float]` reads as ("float", True)."""
     nb = nbformat.read(path, as_version=4)
     (cell,) = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
-    return {
-        stmt.target.id: (stmt.annotation.id, ast.literal_eval(stmt.value))
-        for stmt in ast.parse(cell.source).body
-    }
+    found = {}
+    for stmt in ast.parse(cell.source).body:
+        note, optional = stmt.annotation, False
+        if isinstance(note, ast.Subscript) and note.value.id == "Optional":
+            note, optional = note.slice, True
+        found[stmt.target.id] = (note.id, optional, ast.literal_eval(stmt.value))
+    return found
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_every_parameter_has_a_spec_of_its_annotated_type(path):
-    for name, (annotation, default) in declared(path).items():
+    for name, (annotation, optional, default) in declared(path).items():
         assert name in parameters.SPECS, f"{name}: add it to parameters.SPECS"
-        assert parameters.SPECS[name].kind is TYPES[annotation], name
+        spec = parameters.SPECS[name]
+        assert spec.kind is TYPES[annotation], name
+        assert optional == (default is None), f"{name}: Optional iff None by default"
+        assert not optional or spec.optional, f"{name}: mark its spec optional"
         parameters.check_value(name, default)  # the teaching defaults are allowed
-    for name, value in runner.QUICK[path.name].items():
-        parameters.check_value(name, value)
+    for chosen in ("quick", "gpu"):  # every parameter file holds allowed values
+        values = runner.parameter_set(path, chosen)
+        for name, value in values.items():
+            parameters.check_value(name, value)
+        parameters.check({**{"SEED": 0, "DATASET": datasets.DEFAULT}, **values})
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_notebook_takes_a_dataset_and_reads_its_defaults(path):
+    params = declared(path)
+    assert params["DATASET"] == ("str", False, datasets.DEFAULT)
+    assert params["ARCH"][1:] == (True, None)  # the dataset's architecture
+    papermill = pm.inspect_notebook(str(path))  # papermill reads the same names
+    assert set(papermill) == set(params)
+    assert papermill["ARCH"]["inferred_type_name"] == "Optional[str]"
+
+
+def test_dataset_dependent_limits_are_checked_against_the_dataset():
+    ok = {"SEED": 0, "DATASET": "cifar10", "PATCH_SIZE": 32, "PATCH_TARGET": 9}
+    assert parameters.check(ok) == ok
+    for name, value, words in [
+        ("PATCH_SIZE", 29, "larger than the image side of mnist \\(28\\)"),
+        ("PATCH_TARGET", 10, "larger than the last class of mnist \\(9\\)"),
+        ("N_TARGETS", 10, "the number of other classes"),
+        ("EPS_L2", 28.5, "the L2 diameter of the images of mnist \\(28\\)"),
+    ]:
+        with pytest.raises(parameters.ParameterError, match=f"{name}={value}.*{words}"):
+            parameters.check({"SEED": 0, "DATASET": "mnist", name: value})
+    with pytest.raises(parameters.ParameterError, match="DATASET must be 'mnist'"):
+        parameters.check({"SEED": 0, "DATASET": "svhn"})
+    with pytest.raises(parameters.ParameterError, match="ARCH must be None"):
+        parameters.check({"SEED": 0, "DATASET": "mnist", "ARCH": "vgg"})
 
 
 def test_every_notebook_checks_its_parameters_before_any_work():
@@ -50,15 +88,15 @@ def test_every_notebook_checks_its_parameters_before_any_work():
 
 # What papermill's -p would pass, and what each used to do.
 BAD = [
-    ("EPS", "abc", "EPS must be a number in \\(0, 1\\].*'abc'"),  # TypeError later
-    ("EPS", 2, "EPS must be a number in \\(0, 1\\]"),  # ran, ball > pixel range
+    ("EPS", "abc", "EPS must be .* a number in \\(0, 1\\].*'abc'"),  # TypeError later
+    ("EPS", 2, "EPS must be None \\(the dataset's\\) or a number in \\(0, 1\\]"),
     ("EPS", float("nan"), "EPS must be"),
     ("EPS", True, "EPS must be"),
     ("STEPS", 0, "STEPS must be an int >= 1"),
     ("STEPS", 2.5, "STEPS must be an int >= 1"),
     ("N_TEST", 0, "N_TEST must be an int >= 1"),  # showed an accuracy of 0.0
-    ("EPOCHS", 0, "EPOCHS must be an int >= 1"),  # cached an untrained model
-    ("EPS_VALUES", 0.1, "EPS_VALUES must be a non-empty list"),
+    ("EPOCHS", 0, "EPOCHS must be .*an int >= 1"),  # cached an untrained model
+    ("EPS_VALUES", 0.1, "EPS_VALUES must be .* a non-empty list"),
     ("EPS_VALUES", [0.1, 0.05], "not increasing"),
     ("EPS_VALUES", [0.0, 1.5], "budgets in \\[0, 1\\]"),
     ("TEMPERATURES", [], "TEMPERATURES must be a non-empty list"),
@@ -102,8 +140,12 @@ def test_check_reads_the_upper_case_literals_of_a_namespace():
 
 def test_runner_refuses_an_unknown_parameter_before_starting_a_kernel(tmp_path):
     nb = runner.NOTEBOOK_DIR / "01_adversarial_examples.ipynb"
-    with pytest.raises(ValueError, match="has no parameter DATASET.*SEED"):
-        runner.execute(nb, tmp_path, parameters={"DATASET": "fashion_mnist"})
+    with pytest.raises(ValueError, match="has no parameter DATASETS.*SEED"):
+        runner.execute(nb, tmp_path, parameters={"DATASETS": "fashion_mnist"})
+    with pytest.raises(ValueError, match="DATASET must be 'mnist'"):
+        runner.execute(nb, tmp_path, parameters={"DATASET": "imagenet"})
+    with pytest.raises(ValueError, match="no parameter set 'tpu'.*quick"):
+        runner.execute(nb, tmp_path, sets=("tpu",))
     with pytest.raises(ValueError, match="STEPS must be an int >= 1"):
         runner.execute(nb, tmp_path, parameters={"STEPS": 0})
     with pytest.raises(ValueError, match="has no parameter EPSS"):
@@ -133,7 +175,7 @@ def test_papermill_with_a_bad_value_stops_in_the_first_cell_after_the_parameters
             str(nb), str(out), parameters={"EPS": 2}, kernel_name="python3",
             progress_bar=False, cwd=str(nb.parent),
         )  # fmt: skip
-    assert "EPS must be a number in (0, 1]" in str(info.value)
+    assert "EPS must be None (the dataset's) or a number in (0, 1]" in str(info.value)
     executed = nbformat.read(out, as_version=4)
     code = [c for c in executed.cells if c.cell_type == "code"]
     errors = [any(o.output_type == "error" for o in c.outputs) for c in code]
@@ -144,10 +186,11 @@ def test_papermill_with_a_bad_value_stops_in_the_first_cell_after_the_parameters
 
 
 def test_run_info_records_what_produced_the_results(tmp_path):
-    params = {"SEED": 3, "ARCH": "small_cnn", "EPS": 0.1}
-    info = parameters.run_info(params, device=torch.device("cpu"), dataset="mnist")
-    assert info["parameters"] == params and info["seed"] == 3
-    assert info["dataset"] == "mnist" and info["arch"] == "small_cnn"
+    params = {"SEED": 3, "DATASET": "cifar10", "ARCH": None, "EPS": None}
+    resolved = {**params, "EPS": 8 / 255}  # the notebook set the dataset's budget
+    info = parameters.run_info(params, resolved, device=torch.device("cpu"))
+    assert info["parameters"] == resolved and info["seed"] == 3
+    assert info["dataset"] == "cifar10" and info["arch"] == "preact_resnet18"
     assert info["threads"] == torch.get_num_threads()
     assert info["torch"] == torch.__version__ and info["device"] == "cpu"
     path = tmp_path / "r.json"

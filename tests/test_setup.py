@@ -50,8 +50,21 @@ def test_ci_runs_the_readme_test_command():
     assert "make run" in readme and "make test" in readme
 
 
-def test_mnist_ships_in_data():
-    from robustkit import data
+def test_mnist_and_fashion_mnist_ship_in_data():
+    from robustkit import data, datasets
 
-    for fname, digest in data.MNIST_SHA256.items():
-        assert data.sha256(ROOT / "data" / "mnist" / fname) == digest
+    for name in ("mnist", "fashion_mnist"):
+        ds = datasets.get(name)
+        for fname, digest in ds.files.items():
+            assert data.sha256(ROOT / "data" / ds.shipped / fname) == digest
+
+
+def test_the_core_library_never_imports_the_course_tooling():
+    core = [
+        p
+        for p in (ROOT / "robustkit").rglob("*.py")
+        if "course" not in p.relative_to(ROOT / "robustkit").parts
+    ]
+    assert core
+    for path in core:
+        assert "robustkit.course" not in path.read_text(), path

@@ -12,7 +12,8 @@ import nbformat
 import pytest
 import yaml
 
-from robustkit import html, plotting, sweep
+from robustkit import plotting
+from robustkit.course import html, sweep
 from robustkit.utils import ROOT
 
 WORKFLOW = ROOT / ".github" / "workflows" / "notebooks.yml"
@@ -200,11 +201,12 @@ def test_workflow_calls_only_existing_make_targets_and_modules():
     assert not missing, (
         f"the workflow calls make targets not in the Makefile: {missing}"
     )
-    for module in re.findall(r"-m\s+robustkit\.(\w+)", commands):
-        assert (ROOT / "robustkit" / f"{module}.py").exists(), module
+    for module in re.findall(r"-m\s+robustkit\.([\w.]+)", commands):
+        path = ROOT / "robustkit" / (module.replace(".", "/") + ".py")
+        assert path.exists(), module
     # the notebooks job executes the notebooks once, with its matrix's parameters;
     # `make html` (which depends on `make run`) would run them again at teaching size
-    runs = [c for c in workflow_commands() if "robustkit.runner" in c]
+    runs = [c for c in workflow_commands() if "robustkit.course.runner" in c]
     assert len(runs) == 1 and "make html" not in commands
 
 
@@ -212,13 +214,13 @@ def test_workflow_checks_the_bars_of_every_seed_it_runs():
     job = yaml.safe_load(WORKFLOW.read_text())["jobs"]["notebooks"]
     assert job["strategy"]["matrix"]["seed"] == [0, 1, 2, 3]
     runs = [step.get("run", "") for step in job["steps"]]
-    execute = next(i for i, r in enumerate(runs) if "robustkit.runner" in r)
-    check = next(i for i, r in enumerate(runs) if "robustkit.bars outputs" in r)
+    execute = next(i for i, r in enumerate(runs) if "robustkit.course.runner" in r)
+    check = next(i for i, r in enumerate(runs) if "robustkit.course.bars outputs" in r)
     assert check > execute and "--full" in runs[check]  # for the teaching-size runs
 
 
 def test_bars_report_broken_claims_and_the_command_fails_on_them(tmp_path, capsys):
-    from robustkit import bars
+    from robustkit.course import bars
 
     assert bars.falls([0.5, 0.51, 0.2]) == pytest.approx(0.01)
     assert bars.falls([0.5, 0.6]) == pytest.approx(-0.08)

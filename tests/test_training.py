@@ -3,7 +3,7 @@ from functools import partial
 import pytest
 import torch
 
-from robustkit import attacks, data, evaluation, models, training
+from robustkit import attacks, data, evaluation, models, recipes, training
 
 
 def train_blobs(mlp, blobs, epochs=5, **kwargs):
@@ -117,9 +117,9 @@ def test_bad_arguments(mlp):
     with pytest.raises(ValueError, match="epochs"):
         training.fit(mlp, [], opt=opt, epochs=-1)
     with pytest.raises(ValueError, match="n_epochs"):
-        training.config(n_epochs=3)
+        recipes.config(n_epochs=3)
     with pytest.raises(ValueError, match="magic"):
-        training.config(recipe="magic")
+        recipes.config(recipe="magic")
 
 
 def test_train_from_config_reaches_95_percent_quickly_on_mnist():
@@ -127,9 +127,9 @@ def test_train_from_config_reaches_95_percent_quickly_on_mnist():
     from robustkit import models
 
     torch.manual_seed(0)
-    cfg = training.config(n_train=5_000, epochs=5)
+    cfg = recipes.config(n_train=5_000, epochs=5)
     model = models.create(cfg["arch"], cfg["dataset"])
-    metrics = training.train_from_config(model, cfg, progress=False)
+    metrics = recipes.train(model, cfg, progress=False)
     assert metrics["test_accuracy"] >= 0.95
     assert metrics["history"][-1]["train_loss"] < metrics["history"][0]["train_loss"]
 
@@ -215,7 +215,7 @@ def forced_fgsm_run(seed, *, n_train, epochs, drop=0.1):
         attacks.pgd, eps=0.15, alpha=0.15 / 8, steps=20, random_start=False
     )
     torch.manual_seed(seed)
-    model = models.create("small_cnn")
+    model = models.create("small_cnn", "mnist")
     history = training.fit(
         model,
         data.Batches(splits.x_train, splits.y_train, batch_size=100, shuffle=True),

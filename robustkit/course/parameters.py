@@ -4,7 +4,11 @@ papermill injects `-p NAME VALUE` as plain assignments and ignores the annotatio
 of the parameters cell, so `-p EPS abc` or `-p STEPS 0` would otherwise fail deep
 inside a later cell, or run silently with a meaningless budget. Every notebook calls
 `check(globals())` first thing after its parameters cell; a bad value stops the run
-there, with the parameter's name, the value given and the values allowed.
+there, with the parameter's name, the value given and the values allowed. A
+parameter whose default is None takes the dataset's value (`robustkit.datasets`),
+set explicitly in the notebook's setup cell; `check` then also checks the values
+that depend on the dataset (a sticker larger than its images, a target class it
+does not have, an architecture that cannot take its images).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from robustkit import datasets, models
 from robustkit.utils import environment
 
 
@@ -24,6 +29,7 @@ class Spec(NamedTuple):
     allowed: str  # the allowed values, in words, for the error message
     ok: Any = None  # predicate on a value of the right type (each element for lists)
     item: type | None = None
+    optional: bool = False  # None allowed: the dataset's value
 
 
 def _number(low: float, high: float = math.inf, *, open_low: bool = False):
@@ -53,8 +59,13 @@ def _device(v: str) -> bool:
     )
 
 
+def _optional(spec: Spec) -> Spec:
+    return spec._replace(
+        allowed=f"None (the dataset's) or {spec.allowed}", optional=True
+    )
+
+
 PIXEL_BALL = " (pixels lie in [0, 1]: a larger L-inf ball allows any image)"
-L2_DIAMETER = 28.0  # sqrt(1 * 28 * 28): the L2 diameter of an MNIST image's range
 STEPS = _int(1)
 EPOCHS = _int(1)
 SIZE = _int(1)  # image counts; data.load checks them against the dataset's size
@@ -64,30 +75,30 @@ SPECS: dict[str, Spec] = {
     "SURROGATE_SEED": _int(0),
     "DEVICE": Spec(str, "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'", _device),
     "DATASET": Spec(
-        str,
-        "'mnist', 'fashion_mnist' or 'cifar10'",
-        lambda v: v in ("mnist", "fashion_mnist", "cifar10"),
+        str, " or ".join(map(repr, datasets.names())), lambda v: v in datasets.names()
     ),
-    "ARCH": Spec(
-        str,
-        "'small_cnn', 'mnist_cnn' or 'preact_resnet18'",
-        lambda v: v in ("small_cnn", "mnist_cnn", "preact_resnet18"),
+    "ARCH": _optional(
+        Spec(
+            str,
+            " or ".join(map(repr, models.ARCHITECTURES)),
+            lambda v: v in models.ARCHITECTURES,
+        )
     ),
     "RESULTS_PATH": Spec(str, "a file path, or '' to write nothing", lambda v: True),
-    "N_TRAIN": SIZE,
-    "N_VAL": SIZE,
+    "N_TRAIN": _optional(SIZE),
+    "N_VAL": _optional(SIZE),
     "N_TEST": SIZE,
     "N_SANITY": SIZE,
     "CO_N_TRAIN": SIZE,
     "SWEEP_N_TRAIN": SIZE,
     "TIMING_N": SIZE,
-    "EPOCHS": EPOCHS,
+    "EPOCHS": _optional(EPOCHS),
     "FGSM_EPOCHS": EPOCHS,
     "BASELINE_EPOCHS": EPOCHS,
     "CO_EPOCHS": EPOCHS,
     "SWEEP_EPOCHS": EPOCHS,
     "STEPS": STEPS,
-    "PGD_STEPS": STEPS,
+    "PGD_STEPS": _optional(STEPS),
     "EVAL_STEPS": STEPS,
     "CURVE_STEPS": STEPS,
     "APGD_STEPS": STEPS,
@@ -98,29 +109,42 @@ SPECS: dict[str, Spec] = {
     "CW_SEARCH": _int(1),
     "SQUARE_QUERIES": _int(1),
     "EOT_SAMPLES": _int(1),
-    "N_TARGETS": _int(1, 9),  # the other classes of a 10-class problem
-    "LR": _positive(),
-    "EPS": _positive(1.0, PIXEL_BALL),
-    "CO_EPS": _positive(1.0, PIXEL_BALL),
-    "EPS_L2": _positive(L2_DIAMETER, " (the L2 diameter of the pixel range)"),
-    "PGD_ALPHA": _positive(1.0),
+    "N_TARGETS": _int(1),  # at most the dataset's other classes (check)
+    "LR": _optional(_positive()),
+    "EPS": _optional(_positive(1.0, PIXEL_BALL)),
+    "CO_EPS": _optional(_positive(1.0, PIXEL_BALL)),
+    "EPS_FRACTION": _positive(1.0),
+    "EPS_L2": _optional(_positive()),  # at most the L2 diameter of the images (check)
+    "PGD_ALPHA": _optional(_positive(1.0)),
     "CO_DROP": Spec(float, "a number in (0, 1)", _number(0, 1, open_low=True)),
     "TRADES_BETA": Spec(float, "a number >= 0", _number(0)),
     "ATTACK_TEMPERATURE": _positive(),
-    "PATCH_SIZE": _int(1, 28),
-    "PATCH_TARGET": _int(0, 9),
+    "PATCH_SIZE": _optional(_int(1)),  # at most the image side (check)
+    "PATCH_TARGET": _int(0),  # a class of the dataset (check)
     "JPEG_QUALITY": _int(1, 100),
     "BITS": _int(1, 8),
     "BLUR_SIGMA": _positive(),
-    "MEDIAN_SIZE": Spec(int, "an odd int in [1, 27]", lambda v: 1 <= v <= 27 and v % 2),
+    "MEDIAN_SIZE": Spec(int, "an odd int >= 1", lambda v: 1 <= v and v % 2),
     "TV_WEIGHT": _positive(),
-    "NOISE_SIGMA": Spec(float, "a number >= 0", _number(0)),
-    "RESIZE_EXTRA": _int(0, 28),
-    "EPS_VALUES": _list(float, "budgets in [0, 1], increasing", _number(0, 1)),
+    "NOISE_SIGMA": _optional(Spec(float, "a number >= 0", _number(0))),
+    "RESIZE_EXTRA": _int(0),  # at most the image side (check)
+    "EPS_VALUES": _optional(
+        _list(float, "budgets in [0, 1], increasing", _number(0, 1))
+    ),
     "STEPS_LIST": _list(int, "ints >= 1, increasing", _number(1)),
     "BITS_LIST": _list(int, "ints in [1, 8], increasing", _number(1, 8)),
     "BETAS": _list(float, "numbers >= 0, increasing", _number(0)),
     "TEMPERATURES": _list(float, "numbers > 0, increasing", _number(0, open_low=True)),
+}
+
+# Limits that depend on the dataset: name -> (largest value for the row, in words).
+DATASET_LIMITS: dict[str, tuple[Any, str]] = {
+    "PATCH_SIZE": (lambda ds: min(ds.shape[1:]), "the image side"),
+    "PATCH_TARGET": (lambda ds: ds.n_classes - 1, "the last class"),
+    "N_TARGETS": (lambda ds: ds.n_classes - 1, "the number of other classes"),
+    "EPS_L2": (lambda ds: math.prod(ds.shape) ** 0.5, "the L2 diameter of the images"),
+    "RESIZE_EXTRA": (lambda ds: min(ds.shape[1:]), "the image side"),
+    "MEDIAN_SIZE": (lambda ds: min(ds.shape[1:]) - 1, "the image side - 1"),
 }
 
 
@@ -140,13 +164,15 @@ def check_value(name: str, value: Any) -> None:
     """Raise ParameterError unless `value` is allowed for parameter `name`."""
     if name not in SPECS:
         raise ParameterError(
-            f"parameter {name} has no entry in robustkit.parameters.SPECS: "
+            f"parameter {name} has no entry in robustkit.course.parameters.SPECS: "
             "add its type and allowed values there"
         )
     spec = SPECS[name]
     fix = f"{name} must be {spec.allowed}, got {value!r}"
     if isinstance(value, tuple):
         value = list(value)
+    if value is None and spec.optional:
+        return
     if not _typed(value, spec.kind):
         raise ParameterError(f"{fix} (a {type(value).__name__})")
     if spec.item is None:
@@ -162,14 +188,15 @@ def check_value(name: str, value: Any) -> None:
 def check(namespace: dict[str, Any]) -> dict[str, Any]:
     """Check every parameter in `namespace` (a notebook's `globals()`) and return them.
 
-    The parameters are the UPPER_CASE names bound to literals (the parameters cell
-    holds literals only; modules such as `F` are not parameters). Each must be in
-    SPECS, of its type, and in its range.
+    The parameters are the UPPER_CASE names bound to literals or None (the
+    parameters cell holds literals only; modules such as `F` are not parameters).
+    Each must be in SPECS, of its type, and in its range; with a DATASET, the values
+    of DATASET_LIMITS must fit the dataset and ARCH must take its images.
 
     Returns:
-        {name: value} of the parameters, for `run_info`.
+        {name: value} of the parameters (None: the dataset's value, still to be set).
     """
-    literal = (bool, int, float, str, list, tuple)
+    literal = (bool, int, float, str, list, tuple, type(None))
     params = {
         k: v
         for k, v in namespace.items()
@@ -177,16 +204,36 @@ def check(namespace: dict[str, Any]) -> dict[str, Any]:
     }
     for name, value in params.items():
         check_value(name, value)
+    if "DATASET" in params:
+        ds = datasets.get(params["DATASET"])
+        for name, (limit, words) in DATASET_LIMITS.items():
+            value = params.get(name)
+            if value is not None and value > limit(ds):
+                raise ParameterError(
+                    f"{name}={value!r} is larger than {words} of {ds.name} "
+                    f"({limit(ds):g}): use a value <= {limit(ds):g}"
+                )
+        if params.get("ARCH") is not None:
+            try:
+                models.check_fits(params["ARCH"], ds.name)
+            except ValueError as err:
+                raise ParameterError(f"ARCH={params['ARCH']!r}: {err}") from None
     return params
 
 
-def run_info(parameters: dict[str, Any], *, device: torch.device, dataset: str) -> dict:
-    """What produced a notebook's results: every parameter, dataset, architecture,
-    seed, and the machine (`utils.environment`). `utils.record_results` stores it."""
+def run_info(
+    parameters: dict[str, Any], namespace: dict[str, Any], *, device: torch.device
+) -> dict:
+    """What produced a notebook's results: every parameter as the run used it (its
+    value in `namespace`, the notebook's globals, once the dataset's defaults are
+    set), dataset, architecture, seed, and the machine (`utils.environment`).
+    `utils.record_results` stores it."""
+    used = {name: namespace.get(name, value) for name, value in parameters.items()}
+    dataset = used.get("DATASET", datasets.DEFAULT)
     return {
-        "parameters": dict(parameters),
+        "parameters": used,
         "dataset": dataset,
-        "arch": parameters.get("ARCH"),
-        "seed": parameters["SEED"],
+        "arch": used.get("ARCH") or datasets.get(dataset).arch,
+        "seed": used["SEED"],
         **environment(device),
     }

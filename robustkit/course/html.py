@@ -1,7 +1,7 @@
 """A static site of the executed notebooks: one HTML page each, and an index.
 
-    make run && python -m robustkit.html            # outputs/*.ipynb -> outputs/html/
-    python -m robustkit.html --src outputs/sweep/runs/000 --out site
+    make run && python -m robustkit.course.html  # outputs/*.ipynb -> outputs/html/
+    python -m robustkit.course.html --src outputs/sweep/runs/000 --out site
 
 Pages are rendered by nbconvert's HTML exporter with every image embedded, so the
 folder can be copied or served as is. Live widgets need a kernel, so widget views
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import nbformat
 
-from robustkit.runner import OUTPUT_DIR
+from robustkit.course.runner import OUTPUT_DIR
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 

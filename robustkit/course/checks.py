@@ -5,7 +5,7 @@ function and the reference on them, prints one line, PASS or FAIL with the reaso
 and returns True or False. Typical mistakes (wrong sign, missing clamp, projecting
 the image instead of the perturbation, forgotten mode switch, ...) are named.
 
-    from robustkit import checks
+    from robustkit.course import checks
     checks.check_fgsm(my_fgsm)  # PASS check_fgsm: matches attacks.fgsm ...
 
 The checks run inside `torch.random.fork_rng`, so they leave the notebook's random

@@ -7,8 +7,8 @@ the course workflow every seed it runs, and `bench/bar_margins.py` prints the
 margins over seeds and thread counts, so a bar that one image or one lucky
 training run decides shows up as a margin near zero.
 
-    python -m robustkit.bars outputs/            # every results JSON in a folder
-    python -m robustkit.bars outputs/ --full     # against the full-size bars
+    python -m robustkit.course.bars outputs/            # every results JSON in a folder
+    python -m robustkit.course.bars outputs/ --full     # against the full-size bars
 """
 
 from __future__ import annotations
@@ -20,10 +20,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
+from robustkit import datasets
+
 
 class Bar(NamedTuple):
     name: str
     margin: Callable[[dict], float]
+    # An absolute level, measured on the default dataset (MNIST) and claimed there
+    # only; the other bars are relations that hold on any dataset.
+    level: bool = False
 
 
 def holds(condition: bool) -> float:
@@ -41,7 +46,7 @@ GRAD_CHECK = "input gradients finite and non-zero"
 
 QUICK: dict[str, list[Bar]] = {
     "00_setup_and_tour.ipynb": [
-        Bar("test accuracy >= 0.95", lambda r: r["test_accuracy"] - 0.95),
+        Bar("test accuracy >= 0.95", lambda r: r["test_accuracy"] - 0.95, level=True),
         Bar(
             "training loss falls",
             lambda r: r["first_train_loss"] - r["final_train_loss"],
@@ -49,18 +54,24 @@ QUICK: dict[str, list[Bar]] = {
     ],
     "01_adversarial_examples.ipynb": [
         Bar(
+            "PGD costs accuracy",
+            lambda r: r["clean_accuracy"] - r["pgd_accuracy"] - 0.01,
+        ),
+        Bar(
             "PGD <= FGSM + 0.02",
             lambda r: r["fgsm_accuracy"] + 0.02 - r["pgd_accuracy"],
         ),
         Bar(
             "FGSM costs >= 10 points",
             lambda r: r["clean_accuracy"] - r["fgsm_accuracy"] - 0.1,
+            level=True,
         ),
         Bar(
             "PGD-L2 costs >= 10 points",
             lambda r: r["clean_accuracy"] - r["pgd_l2_accuracy"] - 0.1,
+            level=True,
         ),
-        Bar("PGD curve ends < 0.2", lambda r: 0.2 - r["pgd_curve"][-1]),
+        Bar("PGD curve ends < 0.2", lambda r: 0.2 - r["pgd_curve"][-1], level=True),
         Bar("PGD curve non-increasing", lambda r: falls(r["pgd_curve"])),
         Bar("FGSM curve non-increasing", lambda r: falls(r["fgsm_curve"])),
         Bar(
@@ -77,6 +88,7 @@ QUICK: dict[str, list[Bar]] = {
         Bar(
             "patch beats random stickers by 2 points",
             lambda r: r["patch_success_rate"] - r["random_patch_success_rate"] - 0.02,
+            level=True,
         ),
     ],
     "02_evaluating_robustness.ipynb": [
@@ -100,6 +112,7 @@ QUICK: dict[str, list[Bar]] = {
         Bar(
             "a tiny step size leaves >= 10 points",
             lambda r: r["pgd_small_step_accuracy"] - r["pgd_tuned_accuracy"] - 0.1,
+            level=True,
         ),
         Bar(
             "APGD-CE <= tuned PGD + 0.02",
@@ -109,7 +122,7 @@ QUICK: dict[str, list[Bar]] = {
             "transfer >= white-box PGD - 0.02",
             lambda r: r["transfer_accuracy"] + 0.02 - r["pgd20_accuracy"],
         ),
-        Bar("CW succeeds on > 90%", lambda r: r["cw_success_rate"] - 0.9),
+        Bar("CW succeeds on > 90%", lambda r: r["cw_success_rate"] - 0.9, level=True),
         Bar(
             "honest model passes the checks", lambda r: holds(r["honest_checks_passed"])
         ),
@@ -125,6 +138,7 @@ QUICK: dict[str, list[Bar]] = {
             lambda r: (
                 r["masked_naive_pgd_accuracy"] - r["masked_margin_pgd_accuracy"] - 0.2
             ),
+            level=True,
         ),
         Bar(
             "margin PGD sees through masking (+-0.03)",
@@ -140,16 +154,19 @@ QUICK: dict[str, list[Bar]] = {
     "03_adversarial_training.ipynb": [
         *(
             Bar(
-                f"{n} robust >= standard + 0.30",
-                lambda r, n=n: (
-                    r[f"{n}_robust_accuracy"] - r["standard_robust_accuracy"] - 0.3
+                f"{n} robust >= standard + {gain:.2f}",
+                lambda r, n=n, gain=gain: (
+                    r[f"{n}_robust_accuracy"] - r["standard_robust_accuracy"] - gain
                 ),
+                level=level,
             )
             for n in ("fgsm_rs", "pgd_at", "trades")
+            for gain, level in [(0.05, False), (0.3, True)]
         ),
         Bar(
             "an adversarial model keeps >= 90% clean",
             lambda r: r["best_adversarial_clean_accuracy"] - 0.9,
+            level=True,
         ),
         *(
             Bar(f"{c} non-increasing", lambda r, c=c: falls(r[c]))
@@ -166,26 +183,37 @@ QUICK: dict[str, list[Bar]] = {
     ],
     "04_defensive_distillation.ipynb": [
         Bar(
+            "naive PGD at T max >= adaptive + 0.10",
+            lambda r: (
+                r["naive_pgd_accuracy"][_hi(r)] - r["margin_pgd_accuracy"][_hi(r)] - 0.1
+            ),
+        ),
+        Bar(
             "naive PGD at T max >= 0.60",
             lambda r: r["naive_pgd_accuracy"][_hi(r)] - 0.6,
+            level=True,
         ),
         Bar(
             "naive FGSM at T max >= 0.60",
             lambda r: r["naive_fgsm_accuracy"][_hi(r)] - 0.6,
+            level=True,
         ),
         Bar(
             "margin PGD at T max <= 0.10",
             lambda r: 0.1 - r["margin_pgd_accuracy"][_hi(r)],
+            level=True,
         ),
         Bar(
             "scaled-CE PGD at T max <= 0.10",
             lambda r: 0.1 - r["scaled_ce_pgd_accuracy"][_hi(r)],
+            level=True,
         ),
         Bar(
             "naive - adaptive >= 0.50",
             lambda r: (
                 r["naive_pgd_accuracy"][_hi(r)] - r["margin_pgd_accuracy"][_hi(r)] - 0.5
             ),
+            level=True,
         ),
         Bar(
             "logits 5x larger at T max",
@@ -198,6 +226,7 @@ QUICK: dict[str, list[Bar]] = {
             lambda r: (
                 r["median_gradient_norm"][_lo(r)] - r["median_gradient_norm"][_hi(r)]
             ),
+            level=True,  # where most gradients vanish; the others grow with T
         ),
         Bar(
             "more zero gradients at T max",
@@ -214,30 +243,50 @@ QUICK: dict[str, list[Bar]] = {
             lambda r: holds(
                 r["sanity_failed_low_t"] == [] and r["sanity_failed_undefended"] == []
             ),
+            level=True,
         ),
         Bar(
             "broken: margin PGD <= undefended + 0.05",
             lambda r: (
                 r["undefended_pgd_accuracy"] + 0.05 - r["margin_pgd_accuracy"][_hi(r)]
             ),
+            level=True,
         ),
-        Bar("CW succeeds on >= 90%", lambda r: r["cw_success_rate"] - 0.9),
+        Bar("CW succeeds on >= 90%", lambda r: r["cw_success_rate"] - 0.9, level=True),
         Bar(
             "adaptive curve ends <= 0.10",
             lambda r: 0.1 - r["adaptive_curve_high_t"][-1],
+            level=True,
         ),
-        Bar("naive curve ends >= 0.10", lambda r: r["naive_curve_high_t"][-1] - 0.1),
+        Bar(
+            "naive curve ends >= 0.10",
+            lambda r: r["naive_curve_high_t"][-1] - 0.1,
+            level=True,
+        ),
     ],
     "05_input_transformations.ipynb": [
         *(
             Bar(
-                f"adaptive on {n} <= undefended + 0.05",
-                lambda r, n=n: (
-                    max(r["undefended_accuracy"] + 0.05, 0.05)
+                f"adaptive on {n} <= undefended + {slack:.2f}",
+                lambda r, n=n, slack=slack: (
+                    max(r["undefended_accuracy"] + slack, 0.05)
                     - r["adaptive_accuracy"][r["defenses"].index(n)]
                 ),
+                level=level,
             )
             for n in ("JPEG", "blur", "median", "noise", "random resize")
+            for slack, level in [(0.05, True)]
+        ),
+        Bar(
+            "adaptive within 0.03 of the strongest of the three, on every defense",
+            lambda r: min(
+                min(t, w) + 0.03 - a
+                for t, w, a in zip(
+                    r["transfer_accuracy"],
+                    r["white_box_accuracy"],
+                    r["adaptive_accuracy"],
+                )
+            ),
         ),
         Bar(
             "JPEG fools white-box PGD by >= 30 points",
@@ -245,6 +294,15 @@ QUICK: dict[str, list[Bar]] = {
                 r["white_box_accuracy"][r["defenses"].index("JPEG")]
                 - r["adaptive_accuracy"][r["defenses"].index("JPEG")]
                 - 0.3
+            ),
+            level=True,
+        ),
+        Bar(
+            "JPEG fools white-box PGD (white-box > adaptive)",
+            lambda r: (
+                r["white_box_accuracy"][r["defenses"].index("JPEG")]
+                - r["adaptive_accuracy"][r["defenses"].index("JPEG")]
+                - 0.01
             ),
         ),
         Bar("checks flag JPEG", lambda r: holds(GRAD_CHECK in r["jpeg_sanity_failed"])),
@@ -259,11 +317,15 @@ FULL: dict[str, list[Bar]] = {
     **QUICK,
     "00_setup_and_tour.ipynb": [
         *QUICK["00_setup_and_tour.ipynb"],
-        Bar("test accuracy >= 0.99", lambda r: r["test_accuracy"] - 0.99),
+        Bar("test accuracy >= 0.99", lambda r: r["test_accuracy"] - 0.99, level=True),
     ],
     "03_adversarial_training.ipynb": [
         *QUICK["03_adversarial_training.ipynb"],
-        Bar("PGD-AT worst case >= 0.89", lambda r: r["pgd_at_robust_accuracy"] - 0.89),
+        Bar(
+            "PGD-AT worst case >= 0.89",
+            lambda r: r["pgd_at_robust_accuracy"] - 0.89,
+            level=True,
+        ),
         # the claim of the catastrophic-overfitting demo at teaching size: plain FGSM
         # ends far less robust than FGSM-RS. Whether its PGD accuracy first rises and
         # then drops by CO_DROP (the guard's trigger) depends on the seed: the
@@ -273,6 +335,7 @@ FULL: dict[str, list[Bar]] = {
             lambda r: (
                 r["co_fgsm_rs_val_robust"][-1] - r["co_fgsm_val_robust"][-1] - 0.2
             ),
+            level=True,
         ),
     ],
     "04_defensive_distillation.ipynb": [
@@ -280,10 +343,12 @@ FULL: dict[str, list[Bar]] = {
         Bar(
             "naive PGD at T max >= 0.80",
             lambda r: r["naive_pgd_accuracy"][_hi(r)] - 0.8,
+            level=True,
         ),
         Bar(
             "margin PGD at T max <= 0.05",
             lambda r: 0.05 - r["margin_pgd_accuracy"][_hi(r)],
+            level=True,
         ),
     ],
 }
@@ -297,21 +362,36 @@ def _lo(r: dict) -> int:
     return r["temperatures"].index(min(r["temperatures"]))
 
 
-def margins(notebook: str, results: dict, *, full: bool = False) -> dict[str, float]:
-    """{bar: margin} of one notebook's results (a KeyError names a missing result)."""
+def margins(
+    notebook: str, results: dict, *, full: bool = False, levels: bool = True
+) -> dict[str, float]:
+    """{bar: margin} of one notebook's results (a KeyError names a missing result);
+    `levels=False` leaves out the absolute levels (a run on another dataset)."""
     table = FULL if full else QUICK
     if notebook not in table:
-        raise ValueError(f"{notebook} has no bars in robustkit.bars: add them")
-    return {bar.name: bar.margin(results) for bar in table[notebook]}
+        raise ValueError(f"{notebook} has no bars in robustkit.course.bars: add them")
+    return {
+        bar.name: bar.margin(results)
+        for bar in table[notebook]
+        if levels or not bar.level
+    }
 
 
-def broken(notebook: str, results: dict, *, full: bool = False) -> list[str]:
+def broken(
+    notebook: str, results: dict, *, full: bool = False, levels: bool = True
+) -> list[str]:
     """The bars `results` break, each with its margin; [] when all hold."""
     return [
         f"{name} (margin {m:+.3f})"
-        for name, m in margins(notebook, results, full=full).items()
+        for name, m in margins(notebook, results, full=full, levels=levels).items()
         if m < 0
     ]
+
+
+def on_default_dataset(results: dict) -> bool:
+    """Whether a results JSON comes from the dataset the levels were measured on."""
+    run = results.get("provenance", {})
+    return run.get("dataset", datasets.DEFAULT) == datasets.DEFAULT
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -325,7 +405,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     failed = 0
     for path in found:
-        bad = broken(f"{path.stem}.ipynb", json.loads(path.read_text()), full=args.full)
+        results = json.loads(path.read_text())
+        levels = on_default_dataset(results)
+        bad = broken(f"{path.stem}.ipynb", results, full=args.full, levels=levels)
         print(f"{path.name}: {'ok' if not bad else 'BROKEN ' + '; '.join(bad)}")
         failed += bool(bad)
     return 1 if failed else 0

@@ -1,10 +1,16 @@
 """Execute the notebooks with papermill, each with its results JSON beside it.
 
-    python -m robustkit.runner                     # every notebook, teaching defaults
-    python -m robustkit.runner --quick             # small parameters (minutes in all)
-    python -m robustkit.runner notebooks/00_setup_and_tour.ipynb -p EPOCHS 2
+    python -m robustkit.course.runner  # every notebook, teaching defaults
+    python -m robustkit.course.runner --quick  # small parameters (minutes in all)
+    python -m robustkit.course.runner --quick --dataset fashion_mnist
+    python -m robustkit.course.runner --set gpu  # full size on one GPU (CIFAR-10)
+    python -m robustkit.course.runner notebooks/00_setup_and_tour.ipynb -p EPOCHS 2
 
-Executed notebooks go to `outputs/NN_topic.ipynb`, results to `outputs/NN_topic.json`.
+Parameter sets are papermill parameter files next to each notebook,
+`notebooks/NN_topic.<set>.yaml` (`quick`, `gpu`); papermill's own
+`papermill NN_topic.ipynb out.ipynb -f notebooks/NN_topic.quick.yaml` reads them
+too. Executed notebooks go to `outputs/NN_topic.ipynb`, results to
+`outputs/NN_topic.json`.
 """
 
 from __future__ import annotations
@@ -15,46 +21,40 @@ import json
 import sys
 from pathlib import Path
 
-import robustkit.parameters
+import yaml
+
+import robustkit.course.parameters
 from robustkit.utils import ROOT
 
 NOTEBOOK_DIR = ROOT / "notebooks"
 OUTPUT_DIR = ROOT / "outputs"
 
-# Small parameters per notebook: `make run QUICK=1` and the notebook tests use them.
-QUICK = {
-    "00_setup_and_tour.ipynb": dict(N_TRAIN=5_000, N_TEST=1_000, EPOCHS=5),
-    "01_adversarial_examples.ipynb": dict(
-        N_TRAIN=5_000, EPOCHS=5, N_TEST=200, STEPS=10, EPS_VALUES=[0.0, 0.05, 0.1, 0.2],
-        PATCH_STEPS=100,
-    ),
-    "02_evaluating_robustness.ipynb": dict(
-        N_TRAIN=5_000, EPOCHS=5, N_TEST=100, STEPS_LIST=[1, 5, 20], RESTARTS=2,
-        APGD_STEPS=20, CW_STEPS=50, CW_SEARCH=4, SQUARE_QUERIES=200, N_SANITY=100,
-    ),
-    "03_adversarial_training.ipynb": dict(
-        N_TRAIN=3_000, N_VAL=300, EPOCHS=3, FGSM_EPOCHS=3, EPS=0.15, PGD_STEPS=3,
-        PGD_ALPHA=0.125,
-        N_TEST=200, EVAL_STEPS=20, N_TARGETS=1, SQUARE_QUERIES=100,
-        EPS_VALUES=[0.0, 0.15, 0.3], CURVE_STEPS=5, CO_N_TRAIN=2_000, CO_EPOCHS=2,
-        BETAS=[0.1, 6.0], SWEEP_N_TRAIN=1_000, SWEEP_EPOCHS=2, SWEEP_STEPS=2,
-        TIMING_N=500,
-    ),
-    "04_defensive_distillation.ipynb": dict(
-        N_TRAIN=5_000, EPOCHS=5, BASELINE_EPOCHS=5, TEMPERATURES=[1.0, 100.0],
-        N_TEST=200, STEPS=10,
-        EPS_VALUES=[0.0, 0.15, 0.3], CW_STEPS=50, CW_SEARCH=3, N_SANITY=100,
-    ),
-    "05_input_transformations.ipynb": dict(
-        N_TRAIN=5_000, EPOCHS=5, N_TEST=100, STEPS=10, EOT_SAMPLES=3,
-        EPS_VALUES=[0.2, 0.4], BITS_LIST=[1, 2], N_SANITY=50,
-    ),
-}  # fmt: skip
-
 
 def notebooks() -> list[Path]:
     """The numbered notebooks, in teaching order."""
     return sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+
+
+def parameter_file(notebook: str | Path, name: str) -> Path:
+    """The papermill parameter file of set `name` ("quick", "gpu") of `notebook`."""
+    notebook = Path(notebook)
+    return notebook.with_name(f"{notebook.stem}.{name}.yaml")
+
+
+def parameter_set(notebook: str | Path, name: str) -> dict:
+    """The parameters of set `name` of `notebook`, read from its YAML file."""
+    path = parameter_file(notebook, name)
+    if not path.exists():
+        found = sorted(p.name for p in Path(notebook).parent.glob(
+            f"{Path(notebook).stem}.*.yaml"))  # fmt: skip
+        raise ValueError(
+            f"{Path(notebook).name} has no parameter set {name!r} ({path} is "
+            f"missing): its sets are {found or 'none'}"
+        )
+    values = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} must map parameter names to values")
+    return values
 
 
 def execute(
@@ -63,28 +63,28 @@ def execute(
     *,
     parameters: dict | None = None,
     quick: bool = False,
+    sets: tuple[str, ...] = (),
     timeout: int | None = None,
 ) -> dict:
     """Run one notebook with papermill and return the results it recorded.
 
-    Parameters are, in increasing priority: the notebook's defaults, QUICK (when
-    `quick`), `parameters`. RESULTS_PATH is always set to `out_dir/<stem>.json`.
+    Parameters are, in increasing priority: the notebook's defaults, its `quick`
+    set (when `quick`), the other `sets` in order, `parameters`. RESULTS_PATH is
+    always set to `out_dir/<stem>.json`.
     """
     import papermill as pm  # heavy import, only for the runner
 
     notebook = Path(notebook)
-    if quick and notebook.name not in QUICK:
-        raise ValueError(f"{notebook.name} has no entry in runner.QUICK")
-    check_parameters(notebook, parameters or {})
+    chosen = {}
+    for name in ("quick",) * quick + tuple(sets):
+        chosen.update(parameter_set(notebook, name))
+    parameters = {**chosen, **(parameters or {})}
+    check_parameters(notebook, parameters)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results_path = out_dir / f"{notebook.stem}.json"
     results_path.unlink(missing_ok=True)
-    params = {
-        **(QUICK[notebook.name] if quick else {}),
-        **(parameters or {}),
-        "RESULTS_PATH": str(results_path.resolve()),
-    }
+    params = {**parameters, "RESULTS_PATH": str(results_path.resolve())}
     pm.execute_notebook(
         str(notebook),
         str(out_dir / notebook.name),
@@ -104,7 +104,7 @@ def execute(
 def check_parameters(notebook: str | Path, parameters: dict) -> None:
     """Refuse, before any kernel starts, a parameter `notebook` does not declare
     (papermill only logs "Passed unknown parameter" and runs on with the default)
-    or a value outside its range (`robustkit.parameters.SPECS`)."""
+    or a value outside its range (`robustkit.course.parameters.SPECS`)."""
     import papermill as pm
 
     declared = pm.inspect_notebook(str(notebook))
@@ -115,7 +115,7 @@ def check_parameters(notebook: str | Path, parameters: dict) -> None:
             f"parameters are {', '.join(declared)}"
         )
     for name, value in parameters.items():
-        robustkit.parameters.check_value(name, value)
+        robustkit.course.parameters.check_value(name, value)
 
 
 def _literal(text: str):
@@ -132,7 +132,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "notebooks", nargs="*", type=Path, help="default: all, in order"
     )
-    parser.add_argument("--quick", action="store_true", help="small parameters")
+    parser.add_argument("--quick", action="store_true", help="the quick set")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        dest="sets",
+        metavar="NAME",
+        help="a parameter set: notebooks/NN_topic.NAME.yaml (e.g. gpu)",
+    )
+    parser.add_argument("--dataset", help="the DATASET parameter of every notebook")
     parser.add_argument("--out", type=Path, default=OUTPUT_DIR, help="output folder")
     parser.add_argument(
         "-p",
@@ -144,9 +153,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     parameters = {name: _literal(value) for name, value in args.p}
+    if args.dataset:
+        parameters["DATASET"] = args.dataset
     for notebook in args.notebooks or notebooks():
         print(f"running {notebook.name} -> {args.out / notebook.name}", flush=True)
-        results = execute(notebook, args.out, parameters=parameters, quick=args.quick)
+        results = execute(
+            notebook,
+            args.out,
+            parameters=parameters,
+            quick=args.quick,
+            sets=tuple(args.sets),
+        )
         print(json.dumps(results, indent=1, sort_keys=True), flush=True)
     return 0
 

@@ -1,14 +1,14 @@
 """Student versions of the notebooks: solution cells become stubs.
 
-    python -m robustkit.assignments              # notebooks/*.ipynb -> assignments/
-    python -m robustkit.assignments --out handout notebooks/01_*.ipynb
+    python -m robustkit.course.assignments  # notebooks/*.ipynb -> assignments/
+    python -m robustkit.course.assignments --out handout notebooks/01_*.ipynb
 
 A code cell tagged `solution` becomes a stub: the signature of each function it
 defines (the `def` line(s), decorators included) with a body that raises
 NotImplementedError(hint), or, without a function, a comment and that raise. The
 hint is the text of the cell's `# hint: ...` line(s). A markdown cell tagged
 `solution` becomes an answer prompt, with the text of its `hint: ...` lines.
-Cells tagged `self-check` (calls of `robustkit.checks`) stay as they are, so the
+Cells tagged `self-check` (calls of `robustkit.course.checks`) stay as they are, so the
 learner can test what replaces the stub. Nothing else of a solution cell is
 copied. Outputs, execution counts and papermill metadata are stripped.
 """
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import nbformat
 
-from robustkit.runner import NOTEBOOK_DIR, notebooks
+from robustkit.course.runner import NOTEBOOK_DIR, notebooks
 from robustkit.utils import ROOT
 
 SOLUTION_TAG = "solution"

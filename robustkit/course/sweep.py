@@ -1,6 +1,6 @@
 """Run one notebook over a grid of parameters, in parallel; collect a CSV and a plot.
 
-    python -m robustkit.sweep notebooks/01_adversarial_examples.ipynb --quick \\
+    python -m robustkit.course.sweep notebooks/01_adversarial_examples.ipynb --quick \\
         --grid 'SEED=[0,1,2]' --grid 'EPS=[0.05,0.1,0.2]' --jobs 2 \\
         --plot-x EPS --plot-y pgd_accuracy
 
@@ -29,7 +29,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from robustkit import runner
+from robustkit.course import runner
 
 if TYPE_CHECKING:  # workers import this module: keep matplotlib out of them
     from matplotlib.figure import Figure
