@@ -31,8 +31,11 @@ lab: setup
 run: setup
 	$(PY) -m robustkit.course.runner $(RUN_FLAGS) --out outputs
 
+# One pytest-xdist worker per core (TEST_JOBS=0: one process), each with its share of
+# the threads (tests/conftest.py); notebook runs first, short tests fill the tail.
+TEST_JOBS ?= logical
 test: setup
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_JOBS) --dist worksteal
 
 test-all: setup  # also the teaching-size runs (marker `slow`)
 	$(PY) -m pytest -m "slow or not slow"

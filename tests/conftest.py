@@ -9,11 +9,36 @@ import torch
 from torch import nn
 
 
+def pytest_configure(config):
+    """Under pytest-xdist (`make test` runs a worker per core), a worker and the
+    notebook kernels it starts use its share of the cores instead of all of them:
+    the workers would otherwise fight over every core. OMP_NUM_THREADS set by the
+    caller wins."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores // int(workers))))
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+def pytest_collection_modifyitems(config, items):
+    """The notebook runs (a minute each) first, so that the workers share out the
+    short tests at the end rather than wait on one long run."""
+    items.sort(key=lambda item: item.get_closest_marker("notebook") is None)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def private_cache(tmp_path_factory):
-    """Every test session trains into its own cache, never the user's `.cache`."""
+    """Every test session trains into its own cache, never the user's `.cache`.
+    The workers of one xdist session share it (the zoo's file locks make a worker
+    wait for a model another is training, then load it)."""
     old = os.environ.get("ROBUSTKIT_CACHE")
-    os.environ["ROBUSTKIT_CACHE"] = str(tmp_path_factory.mktemp("robustkit-cache"))
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the session's base, above each worker's
+    cache = root / "robustkit-cache"
+    cache.mkdir(exist_ok=True)
+    os.environ["ROBUSTKIT_CACHE"] = str(cache)
     yield
     if old is None:
         del os.environ["ROBUSTKIT_CACHE"]
