@@ -44,7 +44,8 @@ bench: setup  # the speed benchmarks (ratios against a reference run alongside)
 	@for script in $(SPEED_BENCH); do echo "== $$script"; $(PY) $$script || exit 1; done
 
 bars: setup  # every notebook bar's margin over seeds 0-3 and 1 and 2 threads (~1 h)
-	$(PY) bench/bar_margins.py --jobs $(JOBS)
+	$(PY) bench/bar_margins.py --jobs $(JOBS) \
+		$(if $(DATASET),--dataset $(DATASET) --out outputs/bar_margins-$(DATASET),)
 
 # make mutation [MUTATE="--files robustkit/evaluation.py"] [MUTATION_TESTS="tests/..."]
 MUTATE ?= --files robustkit/training.py --functions fit run_epoch _ramped
