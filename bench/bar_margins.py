@@ -81,7 +81,8 @@ def table(out: Path) -> tuple[str, int]:
                 f"{v:+9.3f}" if v is not None else f"{'-':>9s}" for v in values
             )
             flag = "  BROKEN" if low < 0 else ""
-            rows.append(f"  {bar.name[:56]:56s}{cells}{low:+9.3f}{flag}")
+            low_cell = f"{low:+9.3f}" if known else f"{'-':>9s}"  # a level, left out
+            rows.append(f"  {bar.name[:56]:56s}{cells}{low_cell}{flag}")
     return "\n".join([header, *rows]), broken
 
 
