@@ -31,11 +31,12 @@ lab: setup
 run: setup
 	$(PY) -m robustkit.course.runner $(RUN_FLAGS) --out outputs
 
-# One pytest-xdist worker per core (TEST_JOBS=0: one process), each with its share of
-# the threads (tests/conftest.py); notebook runs first, short tests fill the tail.
+# One pytest-xdist worker per core, at most 8 (each holds a torch process and a notebook
+# kernel: 1.4 GB resident, measured); TEST_JOBS=0: one process. Each worker gets its share of the
+# threads (tests/conftest.py); notebook runs first, short tests fill the tail.
 TEST_JOBS ?= logical
 test: setup
-	$(PY) -m pytest -n $(TEST_JOBS) --dist worksteal
+	$(PY) -m pytest -n $(TEST_JOBS) --maxprocesses 8 --dist worksteal
 
 test-all: setup  # also the teaching-size runs (marker `slow`)
 	$(PY) -m pytest -m "slow or not slow"
