@@ -69,7 +69,7 @@ def table(out: Path) -> tuple[str, int]:
             path = r / notebook.replace(".ipynb", ".json")
             results = json.loads(path.read_text()) if path.exists() else None
             per_run.append(
-                bars.margins(notebook, results, levels=_on_default(results))
+                bars.margins(notebook, results, levels=bars.on_default_dataset(results))
                 if results else {}
             )  # fmt: skip
         for bar in bars.QUICK[notebook]:
@@ -84,11 +84,6 @@ def table(out: Path) -> tuple[str, int]:
             low_cell = f"{low:+9.3f}" if known else f"{'-':>9s}"  # a level, left out
             rows.append(f"  {bar.name[:56]:56s}{cells}{low_cell}{flag}")
     return "\n".join([header, *rows]), broken
-
-
-def _on_default(results: dict) -> bool:
-    """Whether a run was on the default dataset (its levels apply)."""
-    return results["provenance"]["dataset"] == datasets.DEFAULT
 
 
 def main(argv: list[str] | None = None) -> int:
