@@ -49,6 +49,9 @@ DEFAULT_CONFIG = dict(
     augment=None,  # "crop_flip": random 4-pixel crops and flips (natural images)
 )
 VAL_BATCH = 1_000  # held-out examples the guards attack after each epoch
+# test images of the per-epoch history (the first, as in Wong et al.'s per-epoch
+# evaluation); the metrics' final test_accuracy counts the whole test set
+MONITOR = 1_000
 
 
 DATASET_DEFAULTS = ("dataset", "arch", "n_train", "n_val", "batch_size", "optimizer",
@@ -324,8 +327,9 @@ def train(
     Loads the data subset of `cfg` on the model's device, builds the optimizer, the
     per-batch schedule and the recipe's attack and objective, and runs
     `training.fit`. With a guard, PGD-20 accuracy on VAL_BATCH validation images is
-    measured after each epoch. Metrics: the history, the clean test accuracy on the
-    full test set, the total training seconds and the device they were measured on.
+    measured after each epoch. Metrics: the history (its test accuracy per epoch on
+    the first MONITOR test images), the clean test accuracy on the full test set, the
+    total training seconds and the device they were measured on.
     """
     device = next(model.parameters()).device
     if device.type == "cuda":  # convolutions in NHWC, as tensor cores want them
@@ -345,8 +349,10 @@ def train(
         transform=data.crop_flip if cfg.get("augment") == "crop_flip" else None,
     )
     test_loader = data.Batches(splits.x_test, splits.y_test, batch_size=1000)
+    monitor = data.Batches(splits.x_test[:MONITOR], splits.y_test[:MONITOR],
+                           batch_size=1000)  # fmt: skip
     if cfg["recipe"] == "distillation":
-        return _distillation(model, cfg, train_loader, test_loader, progress)
+        return _distillation(model, cfg, train_loader, test_loader, monitor, progress)
     opt, scheduler = optimizer(model, cfg, len(train_loader))
     attack, objective = recipe_parts(cfg, len(train_loader))
     guard = cfg["guard"]
@@ -361,7 +367,7 @@ def train(
         train_loader,
         opt=opt,
         epochs=cfg["epochs"],
-        test_loader=test_loader,
+        test_loader=monitor,
         attack=attack,
         objective=objective,
         scheduler=scheduler,
@@ -386,6 +392,7 @@ def _distillation(
     cfg: dict,
     train_loader: Loader,
     test_loader: Loader,
+    monitor: Loader,
     progress: bool,
 ) -> dict:
     """Defensive distillation (Papernot et al. 2016): a teacher trained at T, then
@@ -401,7 +408,7 @@ def _distillation(
         epochs=cfg["epochs"],
         objective=partial(temperature_objective, temperature=temperature),
         scheduler=scheduler,
-        test_loader=test_loader,
+        test_loader=monitor,
         progress=progress,
     )
     opt, scheduler = optimizer(model, cfg, len(train_loader))
@@ -413,7 +420,7 @@ def _distillation(
         opt=opt,
         epochs=cfg["epochs"],
         scheduler=scheduler,
-        test_loader=test_loader,
+        test_loader=monitor,
         progress=progress,
     )
     return dict(

@@ -49,7 +49,7 @@ RESTORE = "restore it with `git checkout -- data/zoo`"
 # (`make zoo`) if they do not.
 TRAINING_CODE = ("attacks", "data.py", "datasets.py", "evaluation.py", "models.py",
                  "recipes.py", "training.py", "utils.py")  # fmt: skip
-CODE_HASH = "1050b40fc1d4bf57"
+CODE_HASH = "482d135f992a879c"
 
 
 class CheckpointError(RuntimeError):

@@ -90,6 +90,7 @@ SPECS: dict[str, Spec] = {
     "N_TEST": SIZE,
     "N_SANITY": SIZE,
     "CO_N_TRAIN": SIZE,
+    "CO_N_VAL": SIZE,
     "SWEEP_N_TRAIN": SIZE,
     "TIMING_N": SIZE,
     "EPOCHS": _optional(EPOCHS),
