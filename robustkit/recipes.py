@@ -3,8 +3,9 @@
 A config is a flat dict (DEFAULT_CONFIG's keys) that says everything a trained
 model depends on; `config(recipe, dataset=..., **overrides)` completes and checks
 one, and `train(model, cfg)` trains a model as it says. Each recipe is a function
-`cfg -> (attack, objective)` for the loop of `robustkit.training`: the inner
-maximization (None: clean inputs) and the outer loss. Budgets, step sizes and the
+`(cfg, ramp) -> (attack, objective)` for the loop of `robustkit.training`: the inner
+maximization (None: clean inputs) and the outer loss, with `ramp()` the warm-up's
+fraction of the full budget at each training batch. Budgets, step sizes and the
 optimizer default to the dataset's row of `robustkit.datasets`.
 """
 
@@ -20,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robustkit import attacks, data, datasets, evaluation, models, training
+from robustkit import attacks, certify, data, datasets, evaluation, models, training
 from robustkit.types import Attack, Loader
 
 Objective = training.Objective
@@ -44,6 +45,8 @@ DEFAULT_CONFIG = dict(
     beta=None,  # TRADES trade-off weight
     eps_warmup=None,  # fraction of training over which eps (and alpha) ramp up from 0
     temperature=None,  # softmax temperature of defensive distillation
+    kappa=None,  # IBP: the clean loss's final weight (from 1, over the warm-up)
+    sigma=None,  # Gaussian-noise training (randomized smoothing): the noise's std
     guard=None,  # "best": keep the best robust-validation epoch; "collapse": also
     #              stop and roll back when it collapses (catastrophic overfitting)
     augment=None,  # "crop_flip": random 4-pixel crops and flips (natural images)
@@ -84,12 +87,12 @@ def _dataset_defaults(ds: datasets.Dataset, arch: str) -> dict:
 # ------------------------------------------------------------------ the recipes
 
 
-def standard(cfg: dict) -> tuple[Attack | None, Objective]:
+def standard(cfg: dict, ramp: Ramp) -> tuple[Attack | None, Objective]:
     """Empirical risk minimization: cross-entropy on clean inputs."""
     return None, training.cross_entropy_objective
 
 
-def pgd(cfg: dict) -> tuple[Attack | None, Objective]:
+def pgd(cfg: dict, ramp: Ramp) -> tuple[Attack | None, Objective]:
     """Adversarial training on PGD examples (Madry et al. 2018): cross-entropy on
     `attack_steps` steps of size alpha, from a uniform point of the eps-ball if
     `random_start`. FGSM training is its one-step case, from x (FGSM) or from the
@@ -97,14 +100,42 @@ def pgd(cfg: dict) -> tuple[Attack | None, Objective]:
     attack = partial(
         attacks.pgd, steps=cfg["attack_steps"], random_start=cfg["random_start"]
     )
-    return attack, training.cross_entropy_objective
+    return _ramped(
+        attack, cfg["eps"], cfg["alpha"], ramp
+    ), training.cross_entropy_objective
 
 
-def trades(cfg: dict) -> tuple[Attack | None, Objective]:
+def trades(cfg: dict, ramp: Ramp) -> tuple[Attack | None, Objective]:
     """TRADES (Zhang et al. 2019): PGD on KL(h(x) || h(x')), then
     CE(h(x), y) + beta * KL(h(x) || h(x'))."""
     attack = partial(attacks.trades_pgd, steps=cfg["attack_steps"])
+    attack = _ramped(attack, cfg["eps"], cfg["alpha"], ramp)
     return attack, partial(trades_objective, beta=cfg["beta"])
+
+
+def ibp(cfg: dict, ramp: Ramp) -> tuple[Attack | None, Objective]:
+    """Interval bound propagation training (Gowal et al. 2018): kappa * CE(h(x), y)
+    + (1 - kappa) * CE of the worst-case logits that the interval bounds of the
+    eps-ball allow (`certify.ibp_loss`); eps ramps up from 0 and kappa down from 1
+    to cfg's kappa over the warm-up."""
+
+    def objective(model, x, x_adv, y):
+        scale = ramp()
+        kappa = 1 - (1 - cfg["kappa"]) * scale
+        return certify.ibp_loss(model, x, y, eps=cfg["eps"] * scale, kappa=kappa)
+
+    return None, objective
+
+
+def noise(cfg: dict, ramp: Ramp) -> tuple[Attack | None, Objective]:
+    """Gaussian data augmentation, the base classifier of randomized smoothing
+    (Cohen et al. 2019): cross-entropy on x + N(0, sigma^2 I), not clipped."""
+
+    def objective(model, x, x_adv, y):
+        logits = model(x + cfg["sigma"] * torch.randn_like(x))
+        return F.cross_entropy(logits, y), logits
+
+    return None, objective
 
 
 def trades_objective(
@@ -135,7 +166,7 @@ class Recipe(NamedTuple):
     """A recipe: its config defaults (from the dataset's row) and its parts."""
 
     defaults: Callable[[datasets.Dataset], dict]
-    parts: Callable[[dict], tuple[Attack | None, Objective]] | None
+    parts: Callable[[dict, Ramp], tuple[Attack | None, Objective]] | None
 
 
 def _adversarial(ds: datasets.Dataset, **extra) -> dict:
@@ -165,6 +196,10 @@ RECIPES = {
         trades,
     ),
     "distillation": Recipe(lambda ds: dict(temperature=100.0), None),  # see train
+    # Gowal et al.: kappa 1 -> 0.5 as eps ramps up over the first half of training
+    "ibp": Recipe(lambda ds: dict(eps=ds.eps, epochs=ds.epochs, eps_warmup=0.5,
+                                  kappa=0.5), ibp),
+    "noise": Recipe(lambda ds: dict(sigma=0.25), noise),
 }  # fmt: skip
 
 # ----------------------------------------------------------- config and training
@@ -212,6 +247,8 @@ CONFIG_RULES = {
     "beta": (_number(0, optional=True), "None or a finite number >= 0"),
     "eps_warmup": (_number(0, 1, optional=True), "None or a number in [0, 1]"),
     "temperature": (_number(0, above=True, optional=True), "None or a number > 0"),
+    "kappa": (_number(0, 1, optional=True), "None or a number in [0, 1]"),
+    "sigma": (_number(0, above=True, optional=True), "None or a number > 0"),
     "guard": (lambda v: v in (None, "best", "collapse"), "None, 'best' or 'collapse'"),
     "augment": (lambda v: v in (None, "crop_flip"), "None or 'crop_flip'"),
 }
@@ -267,29 +304,35 @@ def config(recipe: str = "standard", **overrides) -> dict:
 def recipe_parts(
     cfg: dict, steps_per_epoch: int = 1
 ) -> tuple[Attack | None, Objective]:
-    """The inner maximization (attack, with eps and alpha ramped over the warm-up)
-    and the outer objective of a config's recipe."""
+    """The inner maximization (attack) and the outer objective of a config's
+    recipe, their budget ramped up from 0 over the warm-up (`Ramp`)."""
     recipe = RECIPES.get(cfg["recipe"])
     if recipe is None or recipe.parts is None:
         raise ValueError(
             f"recipe {cfg['recipe']!r} has no attack and objective: use one of "
             f"{sorted(k for k, r in RECIPES.items() if r.parts is not None)}"
         )
-    attack, objective = recipe.parts(cfg)
-    if attack is None:
-        return None, objective
     warmup = round((cfg["eps_warmup"] or 0) * cfg["epochs"] * steps_per_epoch)
-    return _ramped(attack, cfg["eps"], cfg["alpha"], warmup), objective
+    return recipe.parts(cfg, Ramp(warmup))
 
 
-def _ramped(attack: Callable, eps: float, alpha: float, warmup: int) -> Attack:
-    """`attack` with eps and alpha growing linearly over its first `warmup` calls
-    (one call per training batch): a large budget from the first step can stall
-    training at chance, with the model predicting one class."""
-    calls = itertools.count(1)
+class Ramp:
+    """The budget's fraction at each training batch: it grows linearly over the
+    first `warmup` calls (one per batch), then stays 1. A large budget from the
+    first step can stall training at chance, with the model predicting one class."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup, self.calls = warmup, itertools.count(1)
+
+    def __call__(self) -> float:
+        return min(1.0, next(self.calls) / self.warmup) if self.warmup > 0 else 1.0
+
+
+def _ramped(attack: Callable, eps: float, alpha: float, ramp: Ramp) -> Attack:
+    """`attack` with eps and alpha scaled by `ramp()` at each call."""
 
     def ramped_attack(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        scale = min(1.0, next(calls) / warmup) if warmup > 0 else 1.0
+        scale = ramp()
         return attack(model, x, y, eps=eps * scale, alpha=alpha * scale)
 
     return ramped_attack

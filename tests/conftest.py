@@ -6,7 +6,7 @@ import os
 
 import pytest
 import torch
-from torch import nn
+import toy
 
 
 def pytest_configure(config):
@@ -49,18 +49,13 @@ def private_cache(tmp_path_factory):
 @pytest.fixture
 def blobs():
     """A seeded 10-class problem on 1x8x8 'images' in [0, 1] that an MLP can learn."""
-    gen = torch.Generator().manual_seed(0)
-    centers = torch.rand(10, 1, 8, 8, generator=gen)
-    y = torch.arange(10).repeat(40)
-    x = (centers[y] + 0.15 * torch.randn(len(y), 1, 8, 8, generator=gen)).clamp(0, 1)
-    return x, y
+    return toy.blobs()
 
 
 @pytest.fixture
 def mlp():
     """A seeded 2-layer MLP on 1x8x8 inputs."""
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    return toy.mlp()
 
 
 @pytest.fixture(scope="session")

@@ -232,14 +232,14 @@ def test_ramped_grows_eps_and_alpha_linearly_over_warmup_calls():
         seen.append((eps, alpha))
         return x
 
-    ramped = recipes._ramped(attack, 0.4, 0.1, warmup=4)
+    ramped = recipes._ramped(attack, 0.4, 0.1, recipes.Ramp(4))
     x = torch.zeros(1)
     assert all(ramped(None, x, None) is x for _ in range(6))
     expected = [(0.4 * s, 0.1 * s) for s in (0.25, 0.5, 0.75, 1.0, 1.0, 1.0)]
     assert seen == expected  # the same products as in _ramped: exactly equal
     seen.clear()
     for warmup in (0, 1):  # the full budget from the first call
-        recipes._ramped(attack, 0.4, 0.1, warmup=warmup)(None, None, None)
+        recipes._ramped(attack, 0.4, 0.1, recipes.Ramp(warmup))(None, None, None)
     assert seen == [(0.4, 0.1), (0.4, 0.1)]
 
 
