@@ -10,7 +10,7 @@ QUICK_FLAG := $(if $(filter 1 yes true,$(QUICK)),--quick,)
 RUN_FLAGS := $(QUICK_FLAG) $(if $(DATASET),--dataset $(DATASET),) $(if $(SET),--set $(SET),)
 JOBS ?= 2
 
-SPEED_BENCH := bench/attacks.py bench/train_throughput.py bench/training.py
+SPEED_BENCH := bench/attacks.py bench/train_throughput.py bench/training.py bench/certify.py
 
 .PHONY: setup lab run test test-all bench bars mutation zoo assignments html sweep clean
 
@@ -36,7 +36,7 @@ run: setup
 # threads (tests/conftest.py); notebook runs first, short tests fill the tail.
 TEST_JOBS ?= logical
 test: setup
-	$(PY) -m pytest -n $(TEST_JOBS) --maxprocesses 8 --dist worksteal
+	$(PY) -m pytest -n $(TEST_JOBS) --maxprocesses 8 --dist worksteal --durations=25
 
 test-all: setup  # also the teaching-size runs (marker `slow`)
 	$(PY) -m pytest -m "slow or not slow"

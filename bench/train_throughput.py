@@ -42,7 +42,7 @@ def main() -> None:
     device = utils.get_device(args.device)
     utils.seed_everything(0)
     splits = data.load("mnist", n_train=args.n, n_test=0, device=device)
-    model = models.create(args.arch).to(device)
+    model = models.create(args.arch, "mnist").to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     loader = data.Batches(
         splits.x_train, splits.y_train, batch_size=args.batch_size, shuffle=True

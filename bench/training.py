@@ -19,7 +19,7 @@ from robustkit import data, models, recipes, training, utils
 
 def epoch_seconds(cfg, splits, device) -> float:
     torch.manual_seed(0)
-    model = models.create(cfg["arch"]).to(device)
+    model = models.create(cfg["arch"], cfg["dataset"]).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loader = data.Batches(splits.x_train, splits.y_train, batch_size=cfg["batch_size"])
     attack, objective = recipes.recipe_parts(cfg)

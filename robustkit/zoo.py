@@ -49,7 +49,7 @@ RESTORE = "restore it with `git checkout -- data/zoo`"
 # (`make zoo`) if they do not.
 TRAINING_CODE = ("attacks", "certify.py", "data.py", "datasets.py", "evaluation.py",
                  "models.py", "recipes.py", "training.py", "utils.py")  # fmt: skip
-CODE_HASH = "d733baf8e54ded27"
+CODE_HASH = "918ae24db7f34c81"
 
 
 class CheckpointError(RuntimeError):
@@ -318,15 +318,22 @@ MODELS = {
     "ibp": lambda ds: dict(
         recipe="ibp", eps=round(4 / 3 * ds.eps, 6), epochs=50, batch_size=100, lr=1e-3
     ),
-    # the base classifiers of randomized smoothing (Cohen et al. 2019)
-    "noise_0.25": lambda ds: dict(recipe="noise", sigma=0.25, epochs=12),
-    "noise_0.5": lambda ds: dict(recipe="noise", sigma=0.5, epochs=12),
+    # the base classifier of randomized smoothing (Cohen et al. 2019), per sigma
+    "noise": lambda ds: dict(recipe="noise", epochs=12),
 }
-SHIPPABLE = ("baseline", "fgsm_rs", "pgd", "trades", "ibp", "noise_0.25", "noise_0.5")
+SHIPPABLE = ("baseline", "fgsm_rs", "pgd", "trades", "ibp", "noise")
+# the noise levels shipped ("noise" at each sigma), as in Cohen et al.'s curves
+SHIPPED_SIGMAS = (0.25, 0.5)
 # The evaluation recorded in the manifest: robustkit's worst case over APGD-CE,
 # APGD-T (DLR) and Square on the full test set, at the dataset's budget. Fewer
 # targets and queries than AutoAttack's standard run (9 and 5000), to fit a CPU.
 SHIPPED_EVAL = dict(steps=100, n_targets=3, queries=1000)
+# The certificates recorded too: IBP-verified accuracy on the full test set at the
+# dataset's budgets (every model IBP can pass), and for the noise models the
+# smoothed classifier's certified L2 accuracy (Cohen et al.'s CERTIFY with n0, n
+# and alpha) on the first `images` test images, at `radii`.
+SHIPPED_CERTIFY = dict(images=1000, n0=100, n=10_000, alpha=0.001,
+                       radii=(0.0, 0.25, 0.5, 1.0))  # fmt: skip
 
 
 def config(name: str, dataset: str | None = None, **overrides) -> dict:
@@ -392,15 +399,22 @@ def build(
     splits = data.load(ds.name, n_train=0, device=device)
     loader = data.Batches(splits.x_test, splits.y_test, batch_size=500)
     evaluation_cfg = dict(eps=ds.eps, **SHIPPED_EVAL)
-    for name in names:
-        cfg = config(name, ds.name)
-        net, metrics = model(name, ds.name, device=device, progress=progress)
+    shipments = [
+        (name, {"sigma": sigma} if name == "noise" else {})
+        for name in names
+        for sigma in (SHIPPED_SIGMAS if name == "noise" else (None,))
+    ]
+    for name, overrides in shipments:
+        cfg = config(name, ds.name, **overrides)
+        net, metrics = model(name, ds.name, device=device, progress=progress,
+                             **overrides)  # fmt: skip
         attack_set = evaluation.strong_attacks(**evaluation_cfg)
         with _restored_rng(torch.device(device)):
             seed_everything(0)
             result = evaluation.worst_case(net, loader, attack_set, progress=progress)
+            certified = _certificates(net, cfg, ds, splits, loader)
         SHIPPED_DIR.mkdir(parents=True, exist_ok=True)
-        file = SHIPPED_DIR / _file_name(name, ds.name)
+        file = SHIPPED_DIR / _file_name(name, ds.name, overrides)
         shutil.copyfile(checkpoint_path(name, cfg), file)
         entry = dict(
             name=name,
@@ -412,6 +426,7 @@ def build(
             robust_accuracy=result.robust_accuracy,
             robust_accuracy_after=result.per_attack,
             evaluation=evaluation_cfg,
+            certified=certified,
             train_seconds=metrics["train_seconds"],
             train_device=metrics.get("device"),
             version=robustkit.__version__,
@@ -429,10 +444,45 @@ def build(
     return manifest
 
 
-def _file_name(name: str, dataset: str) -> str:
+def _file_name(name: str, dataset: str, overrides: dict | None = None) -> str:
     """data/zoo/ file of a shipped model: `<name>.pt` for the default dataset (the
-    first ones shipped), `<dataset>-<name>.pt` for the others."""
+    first ones shipped), `<dataset>-<name>.pt` for the others; a variant's
+    overrides join the name (`noise-sigma0.5.pt`)."""
+    name += "".join(f"-{k}{v:g}" for k, v in sorted((overrides or {}).items()))
     return f"{name}.pt" if dataset == datasets.DEFAULT else f"{dataset}-{name}.pt"
+
+
+def _certificates(net: nn.Module, cfg: dict, ds, splits, loader) -> dict:
+    """What `build` records of a model's certificates (SHIPPED_CERTIFY)."""
+    import time
+
+    from robustkit import certify
+
+    out = {}
+    try:
+        certify.layers(net)
+    except ValueError:
+        out["verified"] = None  # IBP cannot pass this architecture
+    else:
+        budgets = sorted({ds.eps, ds.eps_small}, reverse=True)
+        out["verified"] = {
+            f"{e:g}": certify.verified_accuracy(net, loader, eps=e) for e in budgets
+        }
+    if cfg["recipe"] == "noise":
+        c = SHIPPED_CERTIFY
+        x, y = splits.x_test[: c["images"]], splits.y_test[: c["images"]]
+        start = time.perf_counter()
+        cert = certify.certify(net, x, sigma=cfg["sigma"], n0=c["n0"], n=c["n"],
+                               alpha=c["alpha"])  # fmt: skip
+        seconds = time.perf_counter() - start
+        out["smoothing"] = dict(
+            {k: v for k, v in c.items() if k != "radii"},
+            radii=list(c["radii"]),
+            certified_accuracy=certify.certified_accuracy(cert, y, c["radii"]),
+            abstained=int((cert.prediction == certify.ABSTAIN).sum()) / len(x),
+            images_per_second=len(x) / seconds,
+        )
+    return out
 
 
 def _read_manifest(path: Path, *, missing_ok: bool = False) -> list[dict]:
@@ -463,23 +513,74 @@ def manifest_table() -> str:
     """The shipped models as a Markdown table (the README's), from the manifest."""
     rows = [
         "| dataset | model | recipe | epochs | eps | clean | worst-case robust "
-        "| APGD-CE | APGD-T | Square | trained on | training time |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| APGD-CE | APGD-T | Square | IBP-verified | trained on | training time |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for e in shipped():
-        after = e["robust_accuracy_after"]
+        after, cfg = e["robust_accuracy_after"], e["config"]
+        eps = e["evaluation"]["eps"]
+        verified = ((e.get("certified") or {}).get("verified") or {}).get(f"{eps:g}")
+        sigma = f" (sigma {cfg['sigma']:g})" if cfg.get("sigma") else ""
         rows.append(
-            f"| {datasets.get(e['config']['dataset']).title} | `{e['name']}` "
-            f"| {e['config']['recipe']} | {e['config']['epochs']} "
-            f"| {e['evaluation']['eps']:.3g} "
+            f"| {datasets.get(cfg['dataset']).title} | `{e['name']}`{sigma} "
+            f"| {cfg['recipe']} | {cfg['epochs']} | {eps:.3g} "
             f"| {e['clean_accuracy']:.2%} | {e['robust_accuracy']:.2%} "
             + " ".join(
                 f"| {after[k]:.2%}" for k in ("APGD-CE", "APGD-T (DLR)", "Square")
             )
+            + (f" | {verified:.2%}" if verified is not None else " | -")
             + f" | {e.get('train_device') or 'not recorded'} "
             f"| {e['train_seconds'] / 60:.1f} min |"
         )
     return "\n".join(rows)
+
+
+def smoothing_table() -> str:
+    """The shipped noise models' certified L2 accuracy (the README's), from the
+    manifest: randomized smoothing at each radius, abstentions, throughput."""
+    entries = [e for e in shipped() if (e.get("certified") or {}).get("smoothing")]
+    if not entries:
+        return ""
+    radii = entries[0]["certified"]["smoothing"]["radii"]
+    rows = [
+        "| dataset | sigma | "
+        + " | ".join(f"r = {r:g}" for r in radii)
+        + " | abstained | test images | n0, n, alpha | images/s |",
+        "|---|---|" + "---|" * len(radii) + "---|---|---|---|",
+    ]
+    for e in entries:
+        c = e["certified"]["smoothing"]
+        rows.append(
+            f"| {datasets.get(e['config']['dataset']).title} "
+            f"| {e['config']['sigma']:g} | "
+            + " | ".join(f"{a:.1%}" for a in c["certified_accuracy"])
+            + f" | {c['abstained']:.1%} | {c['images']:,} "
+            f"| {c['n0']}, {c['n']:,}, {c['alpha']:g} | {c['images_per_second']:.1f} |"
+        )
+    return "\n".join(rows)
+
+
+def certify_shipped(dataset: str | None = None, *, device: Device = "cpu") -> None:
+    """Record the certificates (SHIPPED_CERTIFY) of the shipped models of `dataset`
+    that have none in the manifest, without retraining or re-attacking them."""
+    from robustkit import data
+
+    ds = datasets.get(dataset or datasets.DEFAULT)
+    splits = data.load(ds.name, n_train=0, device=device)
+    loader = data.Batches(splits.x_test, splits.y_test, batch_size=500)
+    manifest_path = SHIPPED_DIR / "manifest.json"
+    entries = _read_manifest(manifest_path)
+    for entry in entries:
+        if entry["config"]["dataset"] != ds.name or "certified" in entry:
+            continue
+        cfg = entry["config"]
+        net, _ = load_or_train(entry["name"], cfg, device=device)
+        with _restored_rng(torch.device(device)):
+            seed_everything(0)
+            entry["certified"] = _certificates(net, cfg, ds, splits, loader)
+    tmp = manifest_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(entries, indent=1) + "\n")
+    tmp.replace(manifest_path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -496,9 +597,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--table", action="store_true", help="print the manifest as Markdown and exit"
     )
+    parser.add_argument(
+        "--certify", action="store_true",
+        help="record the shipped models' certificates in the manifest and exit",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.table:
-        print(manifest_table())
+        print(manifest_table() + "\n\n" + smoothing_table())
+        return 0
+    if args.certify:
+        certify_shipped(args.dataset, device=get_device(args.device))
         return 0
     build(args.names, dataset=args.dataset, device=get_device(args.device))
     for entry in shipped(args.dataset):

@@ -78,6 +78,16 @@ def verdict(capsys, check, *args, **kwargs):
     return ok, line
 
 
+def interval_linear(w, b, lower, upper, split=True, bias_in_radius=False, slack=0.0):
+    """Interval bounds of h @ w.T + b over the box [lower, upper]."""
+    if not split:  # the mistake: the ends of the box, whatever the weights' signs
+        ends = lower @ w.T + b, upper @ w.T + b
+        return torch.minimum(*ends), torch.maximum(*ends)
+    mu, r = (upper + lower) / 2, (upper - lower) / 2
+    radius = r @ w.abs().T + (b.abs() if bias_in_radius else 0) + slack
+    return mu @ w.T + b - radius, mu @ w.T + b + radius
+
+
 # ----------------------------------------------------------------------- tests
 
 
@@ -91,8 +101,18 @@ def verdict(capsys, check, *args, **kwargs):
         (checks.check_bpda, straight_through),
         (checks.check_bpda, StraightThrough),
         (checks.check_distillation_break, margin_pgd),
+        (checks.check_interval_linear, interval_linear),
     ],
-    ids=["fgsm", "projection", "pgd", "step", "bpda", "bpda-module", "distill"],
+    ids=[
+        "fgsm",
+        "projection",
+        "pgd",
+        "step",
+        "bpda",
+        "bpda-module",
+        "distill",
+        "interval",
+    ],  # fmt: skip
 )
 def test_reference_answers_pass_on_fresh_seeds(capsys, check, answer):
     args = (answer, "linf") if check is checks.check_projection else (answer,)
@@ -146,6 +166,26 @@ def test_projection_l2_and_an_already_wrapped_bpda_pass(capsys):
         ),
         (checks.check_bpda, lambda t: t, "the gradient is zero"),
         (checks.check_distillation_break, ce_pgd, "its loss saturates"),
+        (
+            checks.check_interval_linear,
+            lambda *a: interval_linear(*a, split=False),
+            "split W by sign",
+        ),
+        (
+            checks.check_interval_linear,
+            lambda *a: interval_linear(*a, bias_in_radius=True),
+            "does not widen the interval",
+        ),
+        (
+            checks.check_interval_linear,
+            lambda *a: interval_linear(*a, slack=0.5),
+            "sound but loose",
+        ),
+        (
+            checks.check_interval_linear,
+            lambda *a: interval_linear(*a, slack=-0.5),
+            "not sound",
+        ),
     ],
     ids=[
         "fgsm-sign",
@@ -158,6 +198,10 @@ def test_projection_l2_and_an_already_wrapped_bpda_pass(capsys):
         "step-zero-grad",
         "bpda-true-gradient",
         "distill-ce",
+        "interval-no-sign-split",
+        "interval-bias-widens",
+        "interval-loose",
+        "interval-unsound",
     ],
 )
 def test_typical_mistakes_fail_with_their_reason(capsys, check, answer, reason):

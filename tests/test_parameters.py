@@ -185,6 +185,19 @@ def test_papermill_with_a_bad_value_stops_in_the_first_cell_after_the_parameters
     assert errors.index(True) == injected + 1 and not any(errors[injected + 2 :])
 
 
+def test_certification_with_an_architecture_ibp_cannot_pass_stops_in_setup(tmp_path):
+    """Notebook 06 names the residual block and the fix before training anything."""
+    nb = runner.NOTEBOOK_DIR / "06_certified_robustness.ipynb"
+    with pytest.raises(pm.PapermillExecutionError, match="PreActBlock") as info:
+        pm.execute_notebook(
+            str(nb), str(tmp_path / "out.ipynb"),
+            parameters={"ARCH": "preact_resnet18"}, kernel_name="python3",
+            progress_bar=False, cwd=str(nb.parent),
+        )  # fmt: skip
+    assert "-p ARCH small_cnn" in str(info.value)
+    assert not list(tmp_path.glob("*.json"))
+
+
 def test_run_info_records_what_produced_the_results(tmp_path):
     params = {"SEED": 3, "DATASET": "cifar10", "ARCH": None, "EPS": None}
     resolved = {**params, "EPS": 8 / 255}  # the notebook set the dataset's budget

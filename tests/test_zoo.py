@@ -272,9 +272,11 @@ def test_options_left_at_none_do_not_change_the_key():
 
 # The shipped models of each dataset, and the clean accuracy each must keep.
 SHIPPED = {
-    "mnist": ({"baseline", "fgsm_rs", "pgd", "trades"}, 0.98),
+    "mnist": ({"baseline", "fgsm_rs", "pgd", "trades", "ibp", "noise"}, 0.98),
     "fashion_mnist": ({"baseline", "fgsm_rs", "pgd", "trades"}, 0.75),
 }
+# a certified model pays in clean accuracy: its own floor, below the dataset's
+CLEAN_FLOOR = {"ibp": 0.9}
 
 
 @pytest.mark.parametrize("dataset", SHIPPED)
@@ -289,7 +291,10 @@ def test_every_shipped_model_verifies_and_loads_without_training(dataset):
     for entry in entries:
         file = zoo.SHIPPED_DIR / entry["file"]
         assert hashlib.sha256(file.read_bytes()).hexdigest() == entry["sha256"]
-        cfg = zoo.config(entry["name"], dataset)  # what zoo.model asks for
+        variant = (
+            {"sigma": entry["config"]["sigma"]} if entry["name"] == "noise" else {}
+        )
+        cfg = zoo.config(entry["name"], dataset, **variant)  # what zoo.model asks for
         assert zoo.canonical(cfg) == zoo.canonical(entry["config"])
         assert zoo.config_key(entry["name"], cfg) == entry["key"]
         with warnings.catch_warnings():
@@ -297,7 +302,21 @@ def test_every_shipped_model_verifies_and_loads_without_training(dataset):
             model, metrics = zoo.load_or_train(entry["name"], cfg, no_training)
         assert 0 <= entry["robust_accuracy"] <= entry["clean_accuracy"] <= 1
         assert entry["evaluation"]["eps"] == pytest.approx(datasets.get(dataset).eps)
-        assert metrics["test_accuracy"] >= clean_bar
+        assert metrics["test_accuracy"] >= CLEAN_FLOOR.get(entry["name"], clean_bar)
+        # a proof no attack refutes: verified <= worst case, wherever it was measured
+        verified = (entry.get("certified") or {}).get("verified") or {}
+        eps = entry["evaluation"]["eps"]
+        assert verified.get(f"{eps:g}", 0) <= entry["robust_accuracy"]
+    if dataset == "mnist":
+        sigmas = {e["config"]["sigma"] for e in entries if e["name"] == "noise"}
+        assert sigmas == set(zoo.SHIPPED_SIGMAS)
+
+
+def test_a_variant_of_a_shipped_model_has_its_own_file_and_key():
+    assert zoo._file_name("noise", "mnist", {"sigma": 0.5}) == "noise-sigma0.5.pt"
+    assert zoo._file_name("pgd", "fashion_mnist") == "fashion_mnist-pgd.pt"
+    keys = {zoo.config_key("noise", zoo.config("noise", sigma=s)) for s in (0.25, 0.5)}
+    assert len(keys) == 2
 
 
 def test_readme_table_of_shipped_models_is_the_manifest():
@@ -305,3 +324,4 @@ def test_readme_table_of_shipped_models_is_the_manifest():
     assert all(e["train_device"] for e in manifest)
     readme = (zoo.SHIPPED_DIR.parents[1] / "README.md").read_text()
     assert zoo.manifest_table() in readme, "run python -m robustkit.zoo --table"
+    assert zoo.smoothing_table() in readme, "run python -m robustkit.zoo --table"

@@ -148,6 +148,19 @@ def check_distillation_break(attack_fn: Callable, *, seed: int | None = None) ->
     return _run("check_distillation_break", _distillation, attack_fn, seed)
 
 
+def check_interval_linear(fn: Callable, *, seed: int | None = None) -> bool:
+    """Check fn(weight, bias, lower, upper) -> (l, u), the interval bounds of
+    z = h @ weight.T + bias over every h with lower <= h <= upper (a batch of boxes,
+    one per row), against `certify`'s propagation.
+
+    The bounds must be sound (random points of the box and its corners stay inside)
+    and as tight as interval arithmetic allows. Typical mistakes are named: bounds
+    from W @ lower and W @ upper without splitting W by sign, the radius scaled by W
+    instead of |W|, the bias added to the radius.
+    """
+    return _run("check_interval_linear", _interval_linear, fn, seed)
+
+
 # ------------------------------------------------------------- shared machinery
 
 
@@ -596,3 +609,49 @@ def _distillation(attack_fn: Callable, seed: int) -> Verdict:
             "attack a loss on the logits, such as attacks.margin"
         )
     return False, f"{numbers}. It does not break even the plain model ({plain:.2f})"
+
+
+def _interval_linear(fn: Callable, seed: int) -> Verdict:
+    from robustkit import certify
+
+    layer = nn.Linear(6, 4)
+    with torch.no_grad():
+        layer.weight.mul_(3)  # both signs, large enough that a sign error shows
+    centre, radius = torch.randn(5, 6), torch.rand(5, 6)
+    lower, upper = centre - radius, centre + radius
+    w, b = layer.weight.detach().clone(), layer.bias.detach().clone()
+    out = fn(w, b, lower.clone(), upper.clone())
+    if not (isinstance(out, tuple) and len(out) == 2):
+        return False, f"returned {type(out).__name__}, expected a tuple (l, u)"
+    for what, t in zip(("l", "u"), out):
+        problem = _tensor_problem(t, torch.empty(5, 4), f"{what} of shape (5, 4)")
+        if problem:
+            return False, problem
+    low, high = (t.detach() for t in out)
+    with torch.no_grad():
+        ref_low, ref_high = certify.interval_bounds(layer, lower, upper)
+    ends = lower @ w.T + b, upper @ w.T + b
+    naive = torch.minimum(*ends), torch.maximum(*ends)
+    points = lower + torch.rand(200, 5, 6).round() * (upper - lower)
+    z = points @ w.T + b
+    if _same(low, naive[0]) and _same(high, naive[1]):
+        return False, (
+            "your bounds come from W @ lower and W @ upper: a negative weight takes "
+            "its smallest output at the input's upper end, so split W by sign (or use "
+            "the centre W mu + b and the radius |W| r)"
+        )
+    if not (torch.all(z >= low - 1e-4) and torch.all(z <= high + 1e-4)):
+        escaped = float(((z < low - 1e-4) | (z > high + 1e-4)).float().mean())
+        return False, (
+            f"not sound: {escaped:.0%} of the outputs at the box's corners fall "
+            "outside your interval; the radius is |W| r (every input moves on its own)"
+        )
+    if _same(high - low, ref_high - ref_low + 2 * b.abs()):
+        return False, "the bias moves the centre only: it does not widen the interval"
+    if not (_same(low, ref_low, atol=1e-4) and _same(high, ref_high, atol=1e-4)):
+        gap = float(((high - low) - (ref_high - ref_low)).mean())
+        return False, (
+            f"sound but loose: your intervals are {gap:.3f} wider on average than "
+            "interval arithmetic's W mu + b -+ |W| r"
+        )
+    return True, "matches certify.interval_bounds on a linear layer (and it is sound)"
