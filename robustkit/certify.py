@@ -64,12 +64,22 @@ def interval_bounds(
     model: nn.Module, lower: Tensor, upper: Tensor
 ) -> tuple[Tensor, Tensor]:
     """Elementwise bounds (l, u) on model(x) over every x with lower <= x <= upper."""
+    return layer_bounds(model, lower, upper)[-1]
+
+
+def layer_bounds(
+    model: nn.Module, lower: Tensor, upper: Tensor
+) -> list[tuple[Tensor, Tensor]]:
+    """The bounds (l, u) after each of the model's `layers`, in order: how the box
+    grows through the network (the last pair bounds the logits)."""
     if not torch.all(lower <= upper):
         raise ValueError("interval_bounds needs lower <= upper everywhere")
     mu, r = (upper + lower) / 2, (upper - lower) / 2
+    out = []
     for layer in layers(model):
         mu, r = _layer(layer, mu, r)
-    return mu - r, mu + r
+        out.append((mu - r, mu + r))
+    return out
 
 
 def _layer(layer: nn.Module, mu: Tensor, r: Tensor) -> tuple[Tensor, Tensor]:
