@@ -10,7 +10,8 @@ QUICK_FLAG := $(if $(filter 1 yes true,$(QUICK)),--quick,)
 RUN_FLAGS := $(QUICK_FLAG) $(if $(DATASET),--dataset $(DATASET),) $(if $(SET),--set $(SET),)
 JOBS ?= 2
 
-SPEED_BENCH := bench/attacks.py bench/train_throughput.py bench/training.py bench/certify.py
+SPEED_BENCH := bench/attacks.py bench/train_throughput.py bench/training.py bench/certify.py \
+	bench/scaling.py
 
 .PHONY: setup lab run test test-all bench bars mutation zoo assignments html sweep clean
 
@@ -54,8 +55,11 @@ MUTATION_TESTS ?= tests/test_training.py tests/test_exact.py -m "not slow"
 mutation: setup  # which small code changes the tests miss (default: the training guards)
 	$(PY) bench/mutation.py $(MUTATE) -- $(MUTATION_TESTS) -x -q -p no:cacheprovider
 
+# make zoo [DATASET=...] [LAUNCH="$(VENV)/bin/torchrun --nproc_per_node=4"]: each model
+# trained by `python -m robustkit.train` (under LAUNCH), then evaluated and shipped
 zoo: setup  # full-size robust models into data/zoo/ (hours on a CPU, minutes on a GPU)
-	$(PY) -m robustkit.zoo $(if $(DATASET),--dataset $(DATASET),)
+	$(PY) -m robustkit.zoo $(if $(DATASET),--dataset $(DATASET),) \
+		$(if $(LAUNCH),--launch "$(LAUNCH)",)
 
 assignments: setup  # student notebooks (solution cells stubbed) into assignments/
 	$(PY) -m robustkit.course.assignments --out assignments

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from robustkit import distributed
 from robustkit.models import Normalize
 from robustkit.types import Bounds, Loader
 
@@ -191,7 +192,10 @@ def ibp_loss(
     logits = model(x)
     loss = F.cross_entropy(logits, y)
     if eps > 0 and kappa < 1:
-        worst = -margin_lower_bounds(model, x, y, eps=eps, bounds=bounds)
+        # through the bare layers (under torchrun `model` is DDP, which the
+        # gradient all-reduce needs for the forward pass above)
+        bare = distributed.bare(model)
+        worst = -margin_lower_bounds(bare, x, y, eps=eps, bounds=bounds)
         worst = worst.scatter(1, y[:, None], 0.0)
         loss = kappa * loss + (1 - kappa) * F.cross_entropy(worst, y)
     return loss, logits

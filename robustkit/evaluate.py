@@ -8,7 +8,9 @@ NAME and KEY=VALUE name the model as for `python -m robustkit.train`, which must
 trained it (or it ships). The evaluation is `evaluation.worst_case` over APGD-CE,
 APGD-T and Square (`evaluation.strong_attacks`) at --eps (default: the dataset's
 budget), per example, on the first --n-test test images; the result prints as JSON
-and, with --out, is written there.
+and, with --out, is written there. torch's RNG is seeded per batch from --seed
+(`distributed.worst_case`), so under `torchrun --nproc_per_node=N`, where each
+process attacks every N-th batch, the result is exactly that of one process.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from robustkit import certify, data, datasets, evaluation, utils, zoo
+from robustkit import certify, data, datasets, distributed, evaluation, utils, zoo
 from robustkit.train import arguments, checked_config
 
 
@@ -37,15 +39,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--certify", action="store_true", help="IBP-verified share too")
     parser.add_argument("--seed", type=int, default=0, help="the attacks' RNG seed")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     try:
         cfg = checked_config(args)
-        device = utils.get_device(args.device)
+        device = distributed.local_device(utils.get_device(args.device))
         ds = datasets.get(args.dataset)
         eps = ds.eps if args.eps is None else args.eps
         _check(args, eps, ds)
+        shard = distributed.init(device)
     except ValueError as err:
         parser.error(str(err))
+    main_process = shard is None or shard.main
     command = " ".join(["python -m robustkit.train", args.name, *args.overrides,
                         "--dataset", args.dataset])  # fmt: skip
 
@@ -58,16 +62,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         net, _ = zoo.load_or_train(args.name, cfg, not_trained, device=device)
     except NotTrainedError as err:
-        print(f"error: {err}", file=sys.stderr)
+        if main_process:
+            print(f"error: {err}", file=sys.stderr)
+        distributed.close()
         return 1
     splits = data.load(args.dataset, n_train=0, n_test=args.n_test, device=device)
     loader = data.Batches(splits.x_test, splits.y_test, batch_size=500)
     attack_set = evaluation.strong_attacks(
         eps, steps=args.steps, n_targets=args.targets, queries=args.queries
     )
-    utils.seed_everything(args.seed)
-    result = evaluation.worst_case(net, loader, attack_set,
-                                   progress=not args.no_progress)  # fmt: skip
+    progress = main_process and not args.no_progress
+    result = distributed.worst_case(
+        net, loader, attack_set, shard=shard, seed=args.seed, progress=progress
+    )
     report = {
         "name": args.name,
         "key": zoo.config_key(args.name, cfg),
@@ -78,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         "clean_accuracy": result.clean_accuracy,
         "robust_accuracy": result.robust_accuracy,
         "robust_accuracy_after": result.per_attack,
+        "processes": 1 if shard is None else shard.world,
         **utils.environment(device),
     }
     if args.certify:
@@ -85,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
             report["verified_accuracy"] = certify.verified_accuracy(
                 net, loader, eps=eps
             )
+    distributed.close()
+    if not main_process:
+        return 0
     text = json.dumps(report, indent=1)
     print(text)
     if args.out:

@@ -21,7 +21,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robustkit import attacks, certify, data, datasets, evaluation, models, training
+from robustkit import (
+    attacks,
+    certify,
+    data,
+    datasets,
+    distributed,
+    evaluation,
+    models,
+    training,
+)
+from robustkit.distributed import Shard
 from robustkit.types import Attack, Loader
 
 Objective = training.Objective
@@ -100,8 +110,9 @@ def pgd(cfg: dict, ramp: Ramp) -> tuple[Attack | None, Objective]:
     attack = partial(
         attacks.pgd, steps=cfg["attack_steps"], random_start=cfg["random_start"]
     )
+    start = uniform_start if cfg["random_start"] else None
     return _ramped(
-        attack, cfg["eps"], cfg["alpha"], ramp
+        attack, cfg["eps"], cfg["alpha"], ramp, start
     ), training.cross_entropy_objective
 
 
@@ -109,7 +120,7 @@ def trades(cfg: dict, ramp: Ramp) -> tuple[Attack | None, Objective]:
     """TRADES (Zhang et al. 2019): PGD on KL(h(x) || h(x')), then
     CE(h(x), y) + beta * KL(h(x) || h(x'))."""
     attack = partial(attacks.trades_pgd, steps=cfg["attack_steps"])
-    attack = _ramped(attack, cfg["eps"], cfg["alpha"], ramp)
+    attack = _ramped(attack, cfg["eps"], cfg["alpha"], ramp, trades_start)
     return attack, partial(trades_objective, beta=cfg["beta"])
 
 
@@ -129,13 +140,24 @@ def ibp(cfg: dict, ramp: Ramp) -> tuple[Attack | None, Objective]:
 
 def noise(cfg: dict, ramp: Ramp) -> tuple[Attack | None, Objective]:
     """Gaussian data augmentation, the base classifier of randomized smoothing
-    (Cohen et al. 2019): cross-entropy on x + N(0, sigma^2 I), not clipped."""
+    (Cohen et al. 2019): cross-entropy on x + N(0, sigma^2 I), not clipped. The
+    noisy input takes the attack's place in the loop."""
 
-    def objective(model, x, x_adv, y):
-        logits = model(x + cfg["sigma"] * torch.randn_like(x))
-        return F.cross_entropy(logits, y), logits
+    def gaussian(model, x, y, rows=None):
+        noisy = x + cfg["sigma"] * torch.randn_like(x)
+        return noisy if rows is None else noisy[rows]  # drawn for the whole batch
 
-    return None, objective
+    return gaussian, training.cross_entropy_objective
+
+
+def uniform_start(x: Tensor, eps: float) -> Tensor:
+    """PGD's random start for x (`attacks.core.random_init`, L-inf)."""
+    return attacks.core.random_init(x, eps, "linf")
+
+
+def trades_start(x: Tensor, eps: float) -> Tensor:
+    """TRADES' start for x: 0.001 * N(0, I)."""
+    return 0.001 * torch.randn_like(x)
 
 
 def trades_objective(
@@ -328,12 +350,30 @@ class Ramp:
         return min(1.0, next(self.calls) / self.warmup) if self.warmup > 0 else 1.0
 
 
-def _ramped(attack: Callable, eps: float, alpha: float, ramp: Ramp) -> Attack:
-    """`attack` with eps and alpha scaled by `ramp()` at each call."""
+def _ramped(
+    attack: Callable,
+    eps: float,
+    alpha: float,
+    ramp: Ramp,
+    start: Callable[[Tensor, float], Tensor] | None = None,
+) -> Attack:
+    """`attack` with eps and alpha scaled by `ramp()` at each call.
 
-    def ramped_attack(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    Called with `rows` (under torchrun, by `training.run_epoch`), it takes the
+    whole batch, draws the random start `start(x, eps)` for all of it, as one
+    process would, and returns the adversarial examples of those rows only.
+    """
+
+    def ramped_attack(
+        model: nn.Module, x: Tensor, y: Tensor, rows: slice | None = None
+    ) -> Tensor:
         scale = ramp()
-        return attack(model, x, y, eps=eps * scale, alpha=alpha * scale)
+        kwargs = dict(eps=eps * scale, alpha=alpha * scale)
+        if rows is None:
+            return attack(model, x, y, **kwargs)
+        if start is not None and kwargs["eps"] > 0 and len(x):
+            kwargs["init"] = start(x, kwargs["eps"])[rows]
+        return attack(model, x[rows], y[rows], **kwargs)
 
     return ramped_attack
 
@@ -364,6 +404,7 @@ def train(
     *,
     progress: bool = True,
     callback: Callable[[dict], None] | None = None,
+    shard: Shard | None = None,
 ) -> dict:
     """Train `model` in place as `cfg` says; return its metrics.
 
@@ -373,7 +414,13 @@ def train(
     measured after each epoch. Metrics: the history (its test accuracy per epoch on
     the first MONITOR test images), the clean test accuracy on the full test set, the
     total training seconds and the device they were measured on.
+
+    Under torchrun (`shard`: `robustkit.train` passes it), every process trains
+    its rows of each global batch of `batch_size` on the DDP-wrapped model
+    (`training.run_epoch`); the weights stay the same on all of them.
     """
+    if shard is not None:
+        check_shardable(cfg, shard)
     device = next(model.parameters()).device
     if device.type == "cuda":  # convolutions in NHWC, as tensor cores want them
         model.to(memory_format=torch.channels_last)
@@ -402,11 +449,10 @@ def train(
     val = val_attack = None
     if guard is not None:
         val = (splits.x_val[:VAL_BATCH], splits.y_val[:VAL_BATCH])
-        val_attack = partial(
-            attacks.pgd, eps=cfg["eps"], alpha=2.5 * cfg["eps"] / 20, steps=20
-        )
+        val_attack = _ramped(partial(attacks.pgd, steps=20), cfg["eps"],
+                             2.5 * cfg["eps"] / 20, Ramp(0), uniform_start)  # fmt: skip
     history = training.fit(
-        model,
+        distributed.wrap(model, shard),
         train_loader,
         opt=opt,
         epochs=cfg["epochs"],
@@ -419,8 +465,9 @@ def train(
         keep_best=guard is not None,
         collapse_drop=0.2 if guard == "collapse" else None,
         amp=device.type == "cuda",
-        progress=progress,
+        progress=progress and (shard is None or shard.main),
         callback=callback,
+        shard=shard,
     )
     return dict(
         history=history,
@@ -428,6 +475,24 @@ def train(
         train_seconds=sum(row["seconds"] for row in history),
         device=_device_name(device),
     )
+
+
+def check_shardable(cfg: dict, shard: Shard) -> None:
+    """A ValueError, before any work, for a config that cannot be split over
+    `shard.world` processes: distillation, or a batch that leaves one without rows."""
+    if cfg["recipe"] == "distillation":
+        raise ValueError(
+            "recipe 'distillation' does not run under torchrun yet: train it in one "
+            "process (python -m robustkit.train ...)"
+        )
+    last = cfg["n_train"] % cfg["batch_size"]
+    for size, what in ((cfg["batch_size"], "batch_size"), (last, "the last batch")):
+        if 0 < size < shard.world:
+            raise ValueError(
+                f"{what} ({size} images, n_train={cfg['n_train']}, batch_size="
+                f"{cfg['batch_size']}) is smaller than the {shard.world} processes: "
+                "every process needs rows of every batch; change n_train or batch_size"
+            )
 
 
 def _distillation(

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from robustkit import evaluation
+from robustkit import distributed, evaluation
+from robustkit.distributed import Shard
 from robustkit.types import Attack, Loader
 
 # objective(model, x, x_adv, y) -> (loss, logits used for the accuracy)
@@ -68,12 +69,20 @@ def run_epoch(
     amp: bool = False,
     progress: bool = True,
     desc: str = "",
+    shard: Shard | None = None,
 ) -> EpochResult:
     """One pass over `loader`: trains iff `opt` is given, attacks iff `attack` is.
 
     The attack is crafted with the model in eval mode (BatchNorm statistics frozen,
     no dropout); the training step then runs in train mode. `scheduler` steps once
     per batch. Batches stay on the device they come on.
+
+    Under torchrun (`shard`), `model` is the DDP-wrapped network and every process
+    gets the same global batches: it calls `attack(bare_model, x, y, rows=rows)`,
+    which returns the adversarial examples of its rows (`recipes` builds such
+    attacks), and weighs its rows' mean loss by their share of the batch, so the
+    gradient DDP averages is the global batch's. The loss and accuracy are summed
+    over the processes.
 
     Args:
         model: The network; its mode is switched visibly here.
@@ -85,6 +94,7 @@ def run_epoch(
         amp: bfloat16 autocast for the training forward pass on CUDA.
         progress: Show a progress bar.
         desc: Label of the progress bar.
+        shard: This process's rows of every batch, under torchrun.
 
     Returns:
         EpochResult(loss, accuracy) averaged over examples.
@@ -92,18 +102,23 @@ def run_epoch(
     # The numbers stay on the device until the end of the epoch: a .item() per batch
     # would make the CPU wait for the GPU at every step instead of queueing the next
     # one, and on a small model every extra kernel per batch shows (one argmax here).
+    bare = distributed.bare(model)
     losses, predictions, labels = [], [], []
     for x, y in tqdm(loader, desc=desc, leave=False, disable=not progress):
-        x_adv = x
-        if attack is not None:
-            model.eval()
-            x_adv = attack(model, x, y)
+        weight = None  # under torchrun: the share of the batch times the processes
+        if shard is None:
+            x_adv = x if attack is None else _crafted(attack, bare, x, y)
+        else:
+            rows = shard.rows(len(x))
+            weight = (rows.stop - rows.start) * shard.world / len(x)
+            x_adv = x[rows] if attack is None else _crafted(attack, bare, x, y, rows)
+            x, y = x[rows], y[rows]
         model.train(opt is not None)
         with torch.set_grad_enabled(opt is not None), autocast(x.device, amp):
             loss, logits = objective(model, x, x_adv, y)
         if opt is not None:
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss if weight is None else loss * weight).backward()
             opt.step()
             if scheduler is not None:
                 scheduler.step()
@@ -111,13 +126,29 @@ def run_epoch(
         predictions.append(logits.detach().argmax(1))
         labels.append(y)
     model.eval()
-    if not labels:
+    sizes = torch.tensor([len(t) for t in labels])
+    if labels:
+        device = losses[0].device
+        sums = torch.stack([
+            (torch.stack(losses).float() * sizes.to(device)).sum(),
+            (torch.cat(predictions) == torch.cat(labels)).sum().float(),
+            sizes.sum().to(device).float(),
+        ])  # fmt: skip
+    else:
+        sums = torch.zeros(3)
+    total_loss, correct, n = distributed.total(sums.double(), shard).tolist()
+    if not n:
         return EpochResult(0.0, 0.0)
-    sizes = torch.tensor([len(t) for t in labels], device=losses[0].device)
-    n = int(sizes.sum())
-    total_loss = (torch.stack(losses).float() * sizes).sum().item()
-    correct = (torch.cat(predictions) == torch.cat(labels)).sum().item()
     return EpochResult(total_loss / n, correct / n)
+
+
+def _crafted(
+    attack: Attack, model: nn.Module, x: Tensor, y: Tensor, rows: slice | None = None
+) -> Tensor:
+    """attack(model, x, y) in eval mode; with `rows`, the adversarial examples of
+    those rows of the batch (the attack draws its random numbers for all of it)."""
+    model.eval()
+    return attack(model, x, y) if rows is None else attack(model, x, y, rows=rows)
 
 
 SCHEDULES = ("constant", "step", "cyclic", "cosine")  # the kinds of lr_schedule
@@ -165,6 +196,7 @@ def fit(
     amp: bool = False,
     progress: bool = True,
     callback: Callable[[dict], None] | None = None,
+    shard: Shard | None = None,
 ) -> list[dict]:
     """Train for `epochs` epochs and return one history row per epoch.
 
@@ -180,11 +212,17 @@ def fit(
     the best epoch as soon as robust validation accuracy falls more than this below
     its best (catastrophic overfitting of FGSM training, Wong et al. 2020).
     `callback(row)` is called after each epoch (e.g. a live plot).
+
+    Under torchrun (`shard`, see `run_epoch`), `model` is the DDP-wrapped network;
+    the evaluations use the bare module, and the validation attack, which must
+    take `rows` like the training one, runs on this process's rows of the held
+    batch, its robust counts summed over the processes.
     """
     if not (isinstance(epochs, int) and epochs >= 0):
         raise ValueError(f"epochs must be a non-negative int, got {epochs!r}")
     if (keep_best or collapse_drop is not None) and (val is None or val_attack is None):
         raise ValueError("keep_best and collapse_drop need `val` and `val_attack`")
+    bare = distributed.bare(model)
     history, best, best_state = [], -1.0, None
     for epoch in tqdm(range(1, epochs + 1), desc="epochs", disable=not progress):
         start = time.perf_counter()
@@ -198,6 +236,7 @@ def fit(
             amp=amp,
             progress=progress,
             desc=f"epoch {epoch}",
+            shard=shard,
         )
         row = dict.fromkeys(HISTORY_KEYS)
         row.update(
@@ -207,23 +246,25 @@ def fit(
             train_accuracy=train.accuracy,
             seconds=time.perf_counter() - start,
         )
-        if test_loader is not None:
-            row["test_accuracy"] = evaluation.accuracy(model, test_loader)
+        if test_loader is not None:  # the same weights on every process
+            row["test_accuracy"] = evaluation.accuracy(bare, test_loader)
             if eval_attack is not None:
                 row["test_robust_accuracy"] = evaluation.robust_accuracy(
-                    model, test_loader, eval_attack, progress=False
+                    bare, test_loader, eval_attack, progress=False
                 )
         if val is not None and val_attack is not None:
-            row["val_robust_accuracy"] = evaluation.robust_accuracy(
-                model, [val], val_attack, progress=False
+            row["val_robust_accuracy"] = _val_robust_accuracy(
+                bare, val, val_attack, shard
             )
+        # the next epoch's order comes from the RNG: it must be the same everywhere
+        distributed.check_same(distributed.rng_fingerprint(), shard, "RNG states")
         history.append(row)
         if callback is not None:
             callback(row)
         score = row["val_robust_accuracy"]
         if score is not None and score > best:
             best = score
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best_state = {k: v.detach().clone() for k, v in bare.state_dict().items()}
         if (
             collapse_drop is not None
             and score is not None
@@ -231,8 +272,23 @@ def fit(
         ):
             break  # catastrophic overfitting: roll back (below) to the best epoch
     if best_state is not None and (keep_best or len(history) < epochs):
-        model.load_state_dict(best_state)
+        bare.load_state_dict(best_state)
     return history
+
+
+def _val_robust_accuracy(
+    model: nn.Module, val: tuple[Tensor, Tensor], attack: Attack, shard: Shard | None
+) -> float:
+    """`evaluation.robust_accuracy` on the held batch; under torchrun each process
+    attacks its rows of the clean-correct examples and the counts are summed."""
+    if shard is None:
+        return evaluation.robust_accuracy(model, [val], attack, progress=False)
+    x, y = val
+    idx = (evaluation.predict(model, x) == y).nonzero().squeeze(1)
+    rows = shard.rows(len(idx))
+    x_adv = attack(model, x[idx], y[idx], rows=rows)
+    robust = (evaluation.predict(model, x_adv) == y[idx][rows]).sum().double()
+    return distributed.total(robust, shard).item() / len(y)
 
 
 def distill(

@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import random
+import shlex
 import shutil
 import tempfile
 import time
@@ -32,6 +33,7 @@ from torch import nn
 
 import robustkit
 from robustkit import datasets, models, recipes
+from robustkit.distributed import bare_state_dict
 from robustkit.types import Device
 from robustkit.utils import ROOT, cache_dir, environment, seed_everything
 
@@ -48,9 +50,10 @@ RESTORE = "restore it with `git checkout -- data/zoo`"
 # then sets CODE_HASH to the new hash if trained models stay the same (a new check,
 # a refactor), or bumps robustkit.__version__ and rebuilds the shipped models
 # (`make zoo`) if they do not.
-TRAINING_CODE = ("attacks", "certify.py", "data.py", "datasets.py", "evaluation.py",
-                 "models.py", "recipes.py", "training.py", "utils.py")  # fmt: skip
-CODE_HASH = "eeec6a4488f5a895"
+TRAINING_CODE = ("attacks", "certify.py", "data.py", "datasets.py", "distributed.py",
+                 "evaluation.py", "models.py", "recipes.py", "training.py",
+                 "utils.py")  # fmt: skip
+CODE_HASH = "3a93fccd6baf7acd"
 
 
 class CheckpointError(RuntimeError):
@@ -172,8 +175,7 @@ def load_or_train(
                     return model.to(device).eval(), metrics
                 except CheckpointError as err:
                     warnings.warn(f"{err}; training {name!r} again", stacklevel=2)
-            seed_everything(config["seed"])  # the initial weights depend on the seed
-            model = models.create(config["arch"], config["dataset"]).to(device)
+            model = initial_model(config, device)
             metrics = train_fn(model, config)
             if not problem:
                 try:
@@ -187,11 +189,20 @@ def load_or_train(
     return model.eval(), metrics
 
 
+def initial_model(config: dict, device: Device = "cpu") -> nn.Module:
+    """The untrained model of `config`, its weights drawn under `config["seed"]`
+    (which also seeds everything training draws afterwards)."""
+    seed_everything(config["seed"])
+    return models.create(config["arch"], config["dataset"]).to(device)
+
+
 def save(path: Path, model: nn.Module, name: str, config: dict, metrics: dict) -> None:
     """Write a checkpoint atomically: weights and the SHA-256 of their bytes, config,
     metrics and what trained it (threads, device, versions); no pickled code. A
     failed write leaves no temporary file behind."""
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    state = {  # the bare module's keys, also from a DDP or compiled model
+        k: v.detach().cpu() for k, v in bare_state_dict(model.state_dict()).items()
+    }
     device = next(iter(model.state_dict().values())).device
     payload = {
         "format": FORMAT,
@@ -275,7 +286,8 @@ def _load(
             raise CheckpointError(
                 f"checkpoint {path} is corrupt (its weights do not match their SHA-256)"
             )
-        model.load_state_dict(payload["state_dict"])
+        # a checkpoint written elsewhere from a DDP or compiled model loads too
+        model.load_state_dict(bare_state_dict(payload["state_dict"]))
         return json.loads(payload["metrics"])
     except CheckpointError:
         raise
@@ -582,10 +594,30 @@ def certify_shipped(dataset: str | None = None, *, device: Device = "cpu") -> No
     _write_manifest(manifest_path, entries)
 
 
+def train_commands(
+    names: list[str], dataset: str, *, launch: str, device: str = "auto"
+) -> list[list[str]]:
+    """The `robustkit.train` command lines that train the shipments of `names`
+    (variants included) into the cache, each prefixed by `launch` (e.g. `python`,
+    or `torchrun --nproc_per_node=4` for four GPUs)."""
+    commands = []
+    for name in names:
+        for overrides in SHIPPED_VARIANTS.get(name, ({},)):
+            pairs = [f"{k}={v!r}" for k, v in overrides.items()]
+            flags = ["--dataset", dataset, "--device", device]
+            commands.append(
+                [*shlex.split(launch), "-m", "robustkit.train", name, *pairs, *flags]
+            )
+    return commands
+
+
 def main(argv: list[str] | None = None) -> int:
-    """python -m robustkit.zoo [NAME ...] [--dataset D] [--device auto]: build the
-    shipped models of a dataset."""
+    """python -m robustkit.zoo [NAME ...] [--dataset D] [--device auto] [--launch
+    CMD]: train the shipped models of a dataset with `python -m robustkit.train`
+    (under CMD, e.g. "torchrun --nproc_per_node=4"), then evaluate and ship them."""
     import argparse
+    import subprocess
+    import sys
 
     from robustkit.utils import get_device
 
@@ -593,6 +625,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("names", nargs="*", default=list(SHIPPABLE))
     parser.add_argument("--dataset", default=datasets.DEFAULT, choices=datasets.names())
     parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--launch", default=sys.executable,
+        help="what runs `-m robustkit.train` (default: this python; e.g. "
+        "'torchrun --nproc_per_node=4')",
+    )  # fmt: skip
     parser.add_argument(
         "--table", action="store_true", help="print the manifest as Markdown and exit"
     )
@@ -607,7 +644,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.certify:
         certify_shipped(args.dataset, device=get_device(args.device))
         return 0
-    build(args.names, dataset=args.dataset, device=get_device(args.device))
+    device = get_device(args.device)  # checked before hours of training
+    for command in train_commands(args.names, args.dataset, launch=args.launch,
+                                  device=args.device):  # fmt: skip
+        subprocess.run(command, check=True)
+    build(args.names, dataset=args.dataset, device=device)
     for entry in shipped(args.dataset):
         print(
             f"{entry['name']:10s} clean {entry['clean_accuracy']:.4f}  "

@@ -296,13 +296,13 @@ def test_certified_examples_survive_an_attack_on_the_smoothed_classifier(
 def test_noise_training_draws_fresh_noise_every_batch():
     """ART's smoothing trainer once drew its noise a single time (PR #1678)."""
     cfg = recipes.config("noise", sigma=0.5)
-    _, objective = recipes.recipe_parts(cfg)
+    noisy, objective = recipes.recipe_parts(cfg)  # the noise takes the attack's place
     seen = []
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
     spy = lambda z: (seen.append(z.clone()), model(z))[1]  # noqa: E731
     x, y = torch.full((2, 1, 2, 2), 0.5), torch.tensor([0, 1])
-    objective(spy, x, x, y)
-    objective(spy, x, x, y)
+    for _ in range(2):
+        objective(spy, x, noisy(model, x, y), y)
     assert not torch.equal(seen[0], seen[1])
     assert 0.3 < float((seen[0] - x).std()) < 0.7  # sigma 0.5, not clipped to [0, 1]
 

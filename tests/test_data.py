@@ -110,10 +110,18 @@ def test_unknown_dataset():
 @pytest.fixture
 def shipped_copy(tmp_path, monkeypatch):
     """Private copies of the shipped datasets that a test may damage, and a private
-    cache for their decompressed copies."""
+    cache for their decompressed copies. The label files are copies; the image
+    files (tens of MB) are symbolic links to the shipped ones, which a test may
+    delete or replace but must never write through."""
     for name in SHIPPED:
         folder = datasets.get(name).shipped
-        shutil.copytree(data.SHIPPED / folder, tmp_path / "data" / folder)
+        (tmp_path / "data" / folder).mkdir(parents=True)
+        for file in (data.SHIPPED / folder).iterdir():
+            target = tmp_path / "data" / folder / file.name
+            if "images" in file.name:
+                target.symlink_to(file.resolve())
+            else:
+                shutil.copy(file, target)
     monkeypatch.setattr(data, "SHIPPED", tmp_path / "data")
     monkeypatch.setenv("ROBUSTKIT_CACHE", str(tmp_path / "cache"))
     return tmp_path / "data"

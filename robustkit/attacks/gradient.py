@@ -74,6 +74,7 @@ def pgd(
     targeted: bool = False,
     loss_fn: LossFn = cross_entropy,
     bounds: Bounds = (0.0, 1.0),
+    init: Tensor | None = None,
 ) -> Tensor:
     """Projected gradient descent on the loss, inside the eps-ball around x.
 
@@ -97,6 +98,9 @@ def pgd(
         targeted: Move towards y instead of away from it.
         loss_fn: Per-example loss (logits, y) -> (N,): cross_entropy, margin, dlr.
         bounds: Valid input range.
+        init: The first restart's start delta (N, C, H, W), used instead of the
+            random draw: a caller that splits a batch over processes draws the
+            start for the whole batch, as one process would, and passes each its rows.
 
     Returns:
         x_adv, detached, with ||x_adv - x|| <= eps.
@@ -121,8 +125,11 @@ def pgd(
     sign = -1.0 if targeted else 1.0
     into_set = threat_set(x, eps, norm, bounds)
     best, best_success, best_loss = x.clone(), None, None
-    for _ in range(restarts):
-        x_adv = into_set(x + random_init(x, eps, norm)) if random_start else x
+    for restart in range(restarts):
+        if init is not None and restart == 0:
+            x_adv = into_set(x + _checked_init(init, x))
+        else:
+            x_adv = into_set(x + random_init(x, eps, norm)) if random_start else x
         for _ in range(steps):
             grad = input_gradient(model, x_adv, y, loss_fn)
             x_adv = into_set(
@@ -197,11 +204,13 @@ def trades_pgd(
     alpha: float,
     steps: int,
     bounds: Bounds = (0.0, 1.0),
+    init: Tensor | None = None,
 ) -> Tensor:
     """TRADES' inner maximization: L-inf PGD on KL(softmax h(x) || softmax h(x')).
 
-    Starts from x + 0.001 * N(0, I) (the KL is flat at x' = x) and ignores y: it
-    pushes the prediction away from the model's own clean prediction.
+    Starts from x + 0.001 * N(0, I) (the KL is flat at x' = x), or from x + `init`
+    when given (as in `pgd`), and ignores y: it pushes the prediction away from the
+    model's own clean prediction.
 
     Reference:
         Zhang et al., "Theoretically Principled Trade-off between Robustness and
@@ -221,11 +230,22 @@ def trades_pgd(
         )
 
     into_set = threat_set(x, eps, "linf", bounds)
-    x_adv = into_set(x + 0.001 * torch.randn_like(x))
+    start = 0.001 * torch.randn_like(x) if init is None else _checked_init(init, x)
+    x_adv = into_set(x + start)
     for _ in range(steps):
         grad = input_gradient(model, x_adv, y, kl)
         x_adv = into_set(torch.add(x_adv, grad.sign(), alpha=alpha))
     return x_adv.detach()
+
+
+def _checked_init(init: Tensor, x: Tensor) -> Tensor:
+    """`init` if it is a start delta for x (same shape), else a ValueError."""
+    if not isinstance(init, Tensor) or init.shape != x.shape:
+        shape = tuple(init.shape) if isinstance(init, Tensor) else type(init).__name__
+        raise ValueError(
+            f"init must be a delta shaped like x {tuple(x.shape)}, got {shape}"
+        )
+    return init.to(x)
 
 
 @torch.no_grad()
