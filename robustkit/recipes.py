@@ -57,6 +57,7 @@ DEFAULT_CONFIG = dict(
     temperature=None,  # softmax temperature of defensive distillation
     kappa=None,  # IBP: the clean loss's final weight (from 1, over the warm-up)
     sigma=None,  # Gaussian-noise training (randomized smoothing): the noise's std
+    noise=None,  # N-FGSM: half-width of the uniform start, in multiples of eps
     guard=None,  # "best": keep the best robust-validation epoch; "collapse": also
     #              stop and roll back when it collapses (catastrophic overfitting)
     augment=None,  # "crop_flip": random 4-pixel crops and flips (natural images)
@@ -111,6 +112,21 @@ def pgd(cfg: dict, ramp: Ramp) -> tuple[Attack | None, Objective]:
         attacks.pgd, steps=cfg["attack_steps"], random_start=cfg["random_start"]
     )
     start = uniform_start if cfg["random_start"] else None
+    return _ramped(
+        attack, cfg["eps"], cfg["alpha"], ramp, start
+    ), training.cross_entropy_objective
+
+
+def n_fgsm(cfg: dict, ramp: Ramp) -> tuple[Attack | None, Objective]:
+    """N-FGSM (de Jorge et al. 2022): cross-entropy on one FGSM step of size alpha
+    from x + U[-noise * eps, noise * eps], not projected back into the eps-ball
+    (`attacks.n_fgsm`): single-step training that the paper finds free of
+    catastrophic overfitting, without FGSM-RS's guard or GradAlign's extra cost."""
+    attack = partial(attacks.n_fgsm, noise=cfg["noise"])
+
+    def start(x: Tensor, eps: float) -> Tensor:
+        return attacks.core.random_init(x, cfg["noise"] * eps, "linf")
+
     return _ramped(
         attack, cfg["eps"], cfg["alpha"], ramp, start
     ), training.cross_entropy_objective
@@ -207,6 +223,11 @@ RECIPES = {
                                 random_start=True, guard="collapse"),
         pgd,
     ),
+    "n_fgsm": Recipe(
+        lambda ds: _adversarial(ds, alpha=ds.eps, attack_steps=1, noise=2.0,
+                                guard="collapse"),
+        n_fgsm,
+    ),
     "pgd": Recipe(
         lambda ds: _adversarial(ds, alpha=ds.alpha, attack_steps=ds.attack_steps,
                                 random_start=True, guard="best"),
@@ -271,6 +292,7 @@ CONFIG_RULES = {
     "temperature": (_number(0, above=True, optional=True), "None or a number > 0"),
     "kappa": (_number(0, 1, optional=True), "None or a number in [0, 1]"),
     "sigma": (_number(0, above=True, optional=True), "None or a number > 0"),
+    "noise": (_number(0, above=True, optional=True), "None or a number > 0"),
     "guard": (lambda v: v in (None, "best", "collapse"), "None, 'best' or 'collapse'"),
     "augment": (lambda v: v in (None, "crop_flip"), "None or 'crop_flip'"),
 }

@@ -12,7 +12,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from robustkit import attacks, data, training
+from robustkit import attacks, data, models, training
 
 
 def conv_net(seed=0):
@@ -478,3 +478,19 @@ def test_trained_patch_forces_the_target_far_more_than_a_random_one(mnist_baseli
         noise = attacks.apply_patch(others, torch.rand(1, 12, 12), margin=4)
         base = model(noise).argmax(1) == 8
     assert hit.float().mean() > base.float().mean() + 0.2
+
+
+def test_n_fgsm_leaves_the_ball_but_not_the_bounds():
+    """N-FGSM's example is a training perturbation: up to noise * eps + alpha."""
+    torch.manual_seed(0)
+    model = models.create("small_cnn", "mnist").eval()
+    x, y = torch.rand(32, 1, 28, 28), torch.randint(0, 10, (32,))
+    before = x.clone()
+    x_adv = attacks.n_fgsm(model, x, y, eps=0.1, alpha=0.1)
+    delta = (x_adv - x).abs()
+    assert delta.max() <= 0.3 + 1e-6 and delta.max() > 0.1  # not projected to eps
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    assert torch.equal(x, before) and not model.training
+    assert all(p.grad is None for p in model.parameters())
+    with pytest.raises(ValueError, match="noise"):
+        attacks.n_fgsm(model, x, y, eps=0.1, alpha=0.1, noise=-1)

@@ -154,16 +154,21 @@ def fake_pgd(model, x, y, *, eps, alpha, steps, random_start=True, init=None):
     return x + init
 
 
+def fake_n_fgsm(model, x, y, *, eps, alpha, noise, init=None):
+    return x + (attacks.random_init(x, noise * eps, "linf") if init is None else init)
+
+
 def fake_trades(model, x, y, *, eps, alpha, steps, init=None):
     return x + (0.001 * torch.randn_like(x) if init is None else init)
 
 
-@pytest.mark.parametrize("name", ["fgsm_rs", "pgd", "trades", "noise"])
+@pytest.mark.parametrize("name", ["fgsm_rs", "n_fgsm", "pgd", "trades", "noise"])
 def test_a_batch_crafted_in_rows_is_the_batch_crafted_whole(name, monkeypatch):
     """Each process draws the random start of the whole batch and keeps its rows,
     so the rows of all processes put together are one process's batch."""
     monkeypatch.setattr(attacks, "pgd", fake_pgd)
     monkeypatch.setattr(attacks, "trades_pgd", fake_trades)
+    monkeypatch.setattr(attacks, "n_fgsm", fake_n_fgsm)
     cfg = recipes.config(name, attack_steps=2)
     x, y = torch.rand(11, 1, 28, 28), torch.randint(0, 10, (11,))
     state = torch.get_rng_state()
@@ -178,23 +183,24 @@ def test_a_batch_crafted_in_rows_is_the_batch_crafted_whole(name, monkeypatch):
     assert not torch.equal(whole, x)
 
 
-@pytest.mark.parametrize("attack", ["pgd", "trades_pgd"])
+@pytest.mark.parametrize("attack", ["pgd", "trades_pgd", "n_fgsm"])
 def test_the_attacks_start_from_init_as_from_their_own_draw(attack):
     torch.manual_seed(0)
     model = models.create("small_cnn", "mnist").eval()
     x, y = torch.rand(4, 1, 28, 28), torch.randint(0, 10, (4,))
     state = torch.get_rng_state()
     fn = getattr(attacks, attack)
-    drawn = fn(model, x, y, eps=0.3, alpha=0.1, steps=2)
+    kwargs = dict(eps=0.3, alpha=0.1) | ({} if attack == "n_fgsm" else dict(steps=2))
+    drawn = fn(model, x, y, **kwargs)
     torch.set_rng_state(state)
-    init = (
-        attacks.random_init(x, 0.3, "linf")
-        if attack == "pgd"
-        else 0.001 * torch.randn_like(x)
-    )
-    assert torch.equal(fn(model, x, y, eps=0.3, alpha=0.1, steps=2, init=init), drawn)
+    init = {
+        "pgd": lambda: attacks.random_init(x, 0.3, "linf"),
+        "trades_pgd": lambda: 0.001 * torch.randn_like(x),
+        "n_fgsm": lambda: attacks.random_init(x, 2 * 0.3, "linf"),  # noise 2
+    }[attack]()
+    assert torch.equal(fn(model, x, y, **kwargs, init=init), drawn)
     with pytest.raises(ValueError, match=r"init must be a delta shaped like x"):
-        fn(model, x, y, eps=0.3, alpha=0.1, steps=2, init=init[:2])
+        fn(model, x, y, **kwargs, init=init[:2])
 
 
 class Wrapper(nn.Module):

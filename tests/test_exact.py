@@ -515,6 +515,18 @@ def test_strong_attacks_keep_their_settings():
     ]
 
 
+def test_presets_name_the_settings_and_given_values_override_them():
+    cpu = evaluation.strong_attacks(0.3, preset="cpu")
+    assert cpu["APGD-T (DLR)"].keywords["n_targets"] == 3
+    assert cpu["Square"].keywords["queries"] == 1000
+    assert cpu["APGD-CE"].keywords["steps"] == 100
+    aa = evaluation.strong_attacks(0.3, preset="autoattack", queries=20)
+    assert aa["APGD-T (DLR)"].keywords["n_targets"] == 9
+    assert aa["Square"].keywords["queries"] == 20
+    with pytest.raises(ValueError, match="unknown preset 'aa'"):
+        evaluation.strong_attacks(0.3, preset="aa")
+
+
 def test_determinism_and_gradient_checks_measure_exactly():
     class Flaky(nn.Module):
         """One logit of one example grows by 1 per call: the rest are repeatable."""

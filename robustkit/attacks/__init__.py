@@ -23,13 +23,20 @@ from robustkit.attacks.core import (
     threat_set,
 )
 from robustkit.attacks.cw import cw_l2, cw_l2_search
-from robustkit.attacks.gradient import fgsm, mifgsm, perturbation_norm, pgd, trades_pgd
+from robustkit.attacks.gradient import (
+    fgsm,
+    mifgsm,
+    n_fgsm,
+    perturbation_norm,
+    pgd,
+    trades_pgd,
+)
 from robustkit.attacks.patch import apply_patch, train_patch
 
 __all__ = [
     "LOSSES", "apgd", "apgd_t", "apply_patch", "clip_to_bounds", "cross_entropy",
     "cw_l2", "cw_l2_search", "dlr", "dlr_targeted", "fgsm", "input_gradient",
-    "lp_norm", "margin", "mifgsm", "perturbation_norm", "pgd", "project",
+    "lp_norm", "margin", "mifgsm", "n_fgsm", "perturbation_norm", "pgd", "project",
     "random_init", "square", "steepest_ascent", "threat_set", "trades_pgd",
     "train_patch", "transfer",
 ]  # fmt: skip

@@ -238,6 +238,44 @@ def trades_pgd(
     return x_adv.detach()
 
 
+@restores_buffers
+def n_fgsm(
+    model: Model,
+    x: Tensor,
+    y: Tensor,
+    *,
+    eps: float,
+    alpha: float,
+    noise: float = 2.0,
+    bounds: Bounds = (0.0, 1.0),
+    init: Tensor | None = None,
+) -> Tensor:
+    """N-FGSM's training example: one signed-gradient step from a noisy point, not
+    projected back into the eps-ball.
+
+    x_adv = clip(x + eta + alpha * sign(grad_x L(h(x + eta), y))), with eta drawn
+    uniformly from [-noise * eps, noise * eps]^d (or `init`), clipped to `bounds`
+    only, so ||x_adv - x||_inf reaches noise * eps + alpha: a perturbation for
+    training (single-step training without catastrophic overfitting, at the cost
+    of one FGSM), not an attack inside the threat model. The paper's defaults:
+    noise 2, alpha = eps.
+
+    Reference:
+        de Jorge et al., "Make Some Noise: Reliable and Efficient Single-Step
+        Adversarial Training", NeurIPS 2022. https://arxiv.org/abs/2202.01181
+    """
+    eps, alpha, noise = check_args(
+        model, x, y, bounds=bounds, eps=eps, alpha=alpha, noise=noise
+    )
+    if eps == 0 or not len(x):
+        return x.clone()
+    if init is None:
+        init = random_init(x, noise * eps, "linf")
+    start = (x + _checked_init(init, x)).clamp(*bounds)
+    grad = input_gradient(model, start, y, cross_entropy)
+    return torch.add(start, grad.sign(), alpha=alpha).clamp(*bounds).detach()
+
+
 def _checked_init(init: Tensor, x: Tensor) -> Tensor:
     """`init` if it is a start delta for x (same shape), else a ValueError."""
     if not isinstance(init, Tensor) or init.shape != x.shape:
