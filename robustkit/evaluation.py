@@ -418,7 +418,8 @@ def _noise(
 # The settings of `strong_attacks` by name. "autoattack": Croce & Hein's standard
 # version (APGD-CE, APGD-T on 9 targets, Square with 5,000 queries; FAB-T left out),
 # for a GPU. "cpu": 3 targets and 1,000 queries, what fits a CPU in minutes; on the
-# shipped MNIST models it reads about one point higher (README, "Shipped models").
+# shipped MNIST models it reads 0.2-2.3 points higher (README, "Against AutoAttack's
+# settings"), nearly all of it Square's.
 PRESETS = {
     "autoattack": dict(steps=100, n_targets=9, queries=5_000),
     "cpu": dict(steps=100, n_targets=3, queries=1_000),
