@@ -15,7 +15,13 @@ SPEED_BENCH := bench/attacks.py bench/train_throughput.py bench/training.py benc
 
 .PHONY: setup lab run test test-all bench bars mutation zoo assignments html sweep clean
 
+# Also nbstripout's git filter (in .git/config and .git/info/attributes): a notebook
+# opened and saved in `make lab` keeps its outputs on disk, but git sees it clean.
+# --keep-id: the committed notebooks' cell ids stay, so an unchanged notebook stays clean.
 setup: $(STAMP)
+	@if [ -d .git ]; then \
+		$(VENV)/bin/nbstripout --is-installed || $(VENV)/bin/nbstripout --install; \
+		git config filter.nbstripout.clean '"$(abspath $(PY))" -m nbstripout --keep-id'; fi
 
 # Rebuilt only when the declared dependencies change. torchattacks pins an old
 # `requests` that breaks jupyterlab-server, so it goes in alone with --no-deps.
@@ -26,8 +32,11 @@ $(STAMP): pyproject.toml requirements-nodeps.txt
 	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.txt
 	touch $(STAMP)
 
+# The repository's root, so notebooks/, assignments/ and outputs/ are all in reach;
+# --allow-root where JupyterLab would refuse to start (as root, e.g. in a container)
 lab: setup
-	$(VENV)/bin/jupyter lab notebooks
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir=. \
+		$(if $(filter 0,$(shell id -u)),--allow-root,)
 
 run: setup
 	$(PY) -m robustkit.course.runner $(RUN_FLAGS) --out outputs

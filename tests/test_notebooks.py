@@ -7,6 +7,7 @@ fails here.
 from __future__ import annotations
 
 import ast
+import subprocess
 
 import cifar_format
 import nbformat
@@ -14,6 +15,7 @@ import pytest
 
 from robustkit import datasets
 from robustkit.course import bars, runner
+from robustkit.utils import ROOT
 
 NOTEBOOKS = runner.notebooks()
 # Every notebook runs quick on each dataset; CIFAR-10 on a miniature in its on-disk
@@ -29,15 +31,53 @@ def test_every_notebook_has_quick_parameters_and_checks():
         assert runner.parameter_file(nb, "quick").exists(), nb.name
 
 
+def committed(path, root=ROOT) -> nbformat.NotebookNode:
+    """The notebook as committed (git's HEAD); the file itself where it is not
+    committed yet or there is no git. A learner's notebook saved with its outputs in
+    `make lab` stays clean in git (nbstripout's filter) and here."""
+    rel = path.resolve().relative_to(root.resolve()).as_posix()
+    try:
+        shown = subprocess.run(["git", "-C", str(root), "show", f"HEAD:{rel}"],
+                               capture_output=True, text=True, timeout=60)  # fmt: skip
+    except OSError:  # no git
+        return nbformat.read(path, as_version=4)
+    if shown.returncode:
+        return nbformat.read(path, as_version=4)
+    return nbformat.reads(shown.stdout, as_version=4)
+
+
+def test_a_learners_saved_outputs_do_not_fail_the_check_but_committed_ones_do(
+    tmp_path,
+):
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    path = tmp_path / "nb.ipynb"
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1 + 1")])
+    nbformat.write(nb, path)
+    subprocess.run([*git, "add", "nb.ipynb"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "clean"], check=True)
+    nb.cells[0].outputs = [
+        nbformat.v4.new_output("execute_result", {"text/plain": "2"})
+    ]
+    nb.cells[0].execution_count = 1
+    nbformat.write(nb, path)  # opened in JupyterLab and saved
+    assert committed(path, tmp_path).cells[0].outputs == []
+    subprocess.run([*git, "commit", "-q", "-am", "outputs"], check=True)
+    assert committed(path, tmp_path).cells[0].execution_count == 1  # caught
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_is_clean_and_parameterized(path):
+    stored = committed(path)
+    assert all(
+        not c.outputs and c.execution_count is None
+        for c in stored.cells
+        if c.cell_type == "code"
+    ), "strip outputs (make setup installs nbstripout's git filter)"
     nb = nbformat.read(path, as_version=4)
     nbformat.validate(nb)
     assert nb.metadata["kernelspec"]["name"] == "python3"
     code = [c for c in nb.cells if c.cell_type == "code"]
-    assert all(not c.outputs and c.execution_count is None for c in code), (
-        "strip outputs"
-    )
     params = [c for c in code if "parameters" in c.metadata.get("tags", [])]
     assert len(params) == 1, "exactly one cell tagged 'parameters'"
     tree = ast.parse(params[0].source)
