@@ -10,7 +10,9 @@ batch (`Shard.rows`), crafts its adversarial examples on them with the bare modu
 and steps the DDP-wrapped one, whose backward pass averages the gradients. Random
 draws (random starts, noise) are made for the whole batch and sliced, so N processes
 train the weights one process would, to float tolerance, and evaluate the same
-examples with the same random numbers.
+examples with the same random numbers. Two exceptions: TRADES, whose first inner
+step is the sign of a near-zero gradient, drifts by float rounding, and BatchNorm
+on the CPU, which normalizes each process's rows (SyncBatchNorm needs CUDA).
 """
 
 from __future__ import annotations
