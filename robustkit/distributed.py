@@ -100,7 +100,7 @@ def check_same(value: float, shard: Shard | None, what: str) -> None:
     train on overlapping shards, silently)."""
     if shard is None:
         return
-    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    device = _collective_device()
     low = torch.tensor([value], dtype=torch.float64, device=device)
     high = low.clone()
     dist.all_reduce(low, op=dist.ReduceOp.MIN)
@@ -113,9 +113,14 @@ def check_same(value: float, shard: Shard | None, what: str) -> None:
         )
 
 
+def _collective_device() -> str:
+    """Where a tensor for a collective must live: NCCL takes CUDA, gloo the CPU."""
+    return "cuda" if dist.get_backend() == "nccl" else "cpu"
+
+
 def broadcast(flag: bool, shard: Shard) -> bool:
     """Rank 0's `flag`, on every process."""
-    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    device = _collective_device()
     value = torch.tensor([int(flag)], device=device)
     dist.broadcast(value, src=0)
     return bool(value.item())
@@ -180,9 +185,7 @@ def worst_case(
     for _, y in batches:
         offsets.append(offsets[-1] + len(y))
     if not offsets[-1]:
-        raise ValueError(
-            "the loader yielded no examples: an accuracy needs at least one"
-        )
+        raise ValueError(evaluation.NO_EXAMPLES)
     device = batches[0][0].device
     rank, world = (0, 1) if shard is None else (shard.rank, shard.world)
     robust = torch.zeros(offsets[-1], dtype=torch.int64, device=device)

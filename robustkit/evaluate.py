@@ -52,10 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         device = distributed.local_device(utils.get_device(args.device))
         ds = datasets.get(args.dataset)
         eps = ds.eps if args.eps is None else args.eps
-        given = dict(steps=args.steps, n_targets=args.targets, queries=args.queries)
-        settings = evaluation.PRESETS[args.preset] | {
-            k: v for k, v in given.items() if v is not None
-        }
+        settings = evaluation.attack_settings(
+            args.preset, steps=args.steps, n_targets=args.targets, queries=args.queries
+        )
         _check(args, eps, ds, settings)
         shard = distributed.init(device)
     except ValueError as err:

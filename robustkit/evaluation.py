@@ -16,7 +16,7 @@ from robustkit import attacks
 from robustkit.attacks.core import restores_buffers
 from robustkit.types import Attack, Bounds, Loader, Model, Norm
 
-_NO_EXAMPLES = "the loader yielded no examples: an accuracy needs at least one"
+NO_EXAMPLES = "the loader yielded no examples: an accuracy needs at least one"
 
 
 @torch.no_grad()
@@ -39,7 +39,7 @@ def accuracy(model: Model, loader: Loader, *, progress: bool = False) -> float:
         correct += (predict(model, x) == y).sum().item()
         total += len(y)
     if not total:
-        raise ValueError(_NO_EXAMPLES)
+        raise ValueError(NO_EXAMPLES)
     return correct / total
 
 
@@ -133,7 +133,7 @@ def worst_case(
         robust_parts.append(robust)
     n = sum(len(part) for part in clean_parts)
     if not n:
-        raise ValueError(_NO_EXAMPLES)
+        raise ValueError(NO_EXAMPLES)
     clean, robust = torch.cat(clean_parts), torch.cat(robust_parts)
     return WorstCase(
         int(clean.sum()) / n,
@@ -426,6 +426,16 @@ PRESETS = {
 }
 
 
+def attack_settings(preset: str | None = None, **given: int | None) -> dict:
+    """The steps, n_targets and queries of PRESETS[preset] ("autoattack" if None),
+    with those given (not None) instead; an unknown preset is a ValueError."""
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}: use one of {sorted(PRESETS)}")
+    return PRESETS[preset or "autoattack"] | {
+        k: v for k, v in given.items() if v is not None
+    }
+
+
 def strong_attacks(
     eps: float,
     *,
@@ -450,12 +460,9 @@ def strong_attacks(
         ensemble of diverse parameter-free attacks", ICML 2020.
         https://arxiv.org/abs/2003.01690
     """
-    if preset is not None and preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}: use one of {sorted(PRESETS)}")
-    given = dict(steps=steps, n_targets=n_targets, queries=queries)
-    settings = PRESETS[preset or "autoattack"] | {
-        k: v for k, v in given.items() if v is not None
-    }
+    settings = attack_settings(
+        preset, steps=steps, n_targets=n_targets, queries=queries
+    )
     steps, n_targets, queries = (settings[k] for k in ("steps", "n_targets", "queries"))
     attack_set = {
         "APGD-CE": partial(

@@ -53,7 +53,7 @@ RESTORE = "restore it with `git checkout -- data/zoo`"
 TRAINING_CODE = ("attacks", "certify.py", "data.py", "datasets.py", "distributed.py",
                  "evaluation.py", "models.py", "recipes.py", "training.py",
                  "utils.py")  # fmt: skip
-CODE_HASH = "6a2f964aca066db9"
+CODE_HASH = "75cbcc901e0d664d"
 
 
 class CheckpointError(RuntimeError):

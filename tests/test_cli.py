@@ -61,35 +61,25 @@ def test_evaluate_names_the_train_command_for_a_model_it_does_not_have(tmp_path)
 
 
 @pytest.mark.parametrize(
-    "argv, message",
+    "main, argv, message",
     [
-        (["nonsense"], "unknown zoo model 'nonsense'"),
-        (["pgd", "epochs=0"], "epochs=0"),
-        (["pgd", "epoch=5"], "unknown config keys ['epoch']"),
-        (["pgd", "epochs"], "'epochs' is not KEY=VALUE"),
-        (["pgd", "--dataset", "imagenet"], "--dataset 'imagenet'"),
-        (["pgd", "dataset=cifar10"], "as --dataset"),
-        (["pgd", "--device", "tpu"], "tpu"),
+        (train.main, ["nonsense"], "unknown zoo model 'nonsense'"),
+        (train.main, ["pgd", "epochs=0"], "epochs=0"),
+        (train.main, ["pgd", "epoch=5"], "unknown config keys ['epoch']"),
+        (train.main, ["pgd", "epochs"], "'epochs' is not KEY=VALUE"),
+        (train.main, ["pgd", "--dataset", "imagenet"], "--dataset 'imagenet'"),
+        (train.main, ["pgd", "dataset=cifar10"], "as --dataset"),
+        (train.main, ["pgd", "--device", "tpu"], "tpu"),
+        (evaluate.main, ["pgd", "--n-test", "0"], "--n-test 0: use 1 to 10,000"),
+        (evaluate.main, ["pgd", "--eps", "2"], "--eps 2.0"),
+        (evaluate.main, ["pgd", "--targets", "10"], "--targets 10: use 1 to 9"),
+        (evaluate.main, ["pgd", "--steps", "0"], "--steps 0"),
     ],
 )
-def test_bad_arguments_stop_before_any_work_naming_the_value(capsys, argv, message):
+def test_bad_arguments_stop_before_any_work_naming_the_value(
+    capsys, main, argv, message
+):
     with pytest.raises(SystemExit) as info:
-        train.main(argv)
-    assert info.value.code == 2
-    assert message in capsys.readouterr().err
-
-
-@pytest.mark.parametrize(
-    "argv, message",
-    [
-        (["pgd", "--n-test", "0"], "--n-test 0: use 1 to 10,000"),
-        (["pgd", "--eps", "2"], "--eps 2.0"),
-        (["pgd", "--targets", "10"], "--targets 10: use 1 to 9"),
-        (["pgd", "--steps", "0"], "--steps 0"),
-    ],
-)
-def test_bad_evaluation_arguments_are_named(capsys, argv, message):
-    with pytest.raises(SystemExit) as info:
-        evaluate.main(argv)
+        main(argv)
     assert info.value.code == 2
     assert message in capsys.readouterr().err
