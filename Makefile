@@ -13,7 +13,7 @@ JOBS ?= 2
 SPEED_BENCH := bench/attacks.py bench/train_throughput.py bench/training.py bench/certify.py \
 	bench/scaling.py
 
-.PHONY: setup lab run test test-all bench bars mutation zoo assignments html sweep clean
+.PHONY: setup lab run test test-all bench bench-notebooks bars mutation zoo assignments html sweep clean
 
 # Also nbstripout's git filter (in .git/config and .git/info/attributes): a notebook
 # opened and saved in `make lab` keeps its outputs on disk, but git sees it clean.
@@ -53,6 +53,9 @@ test-all: setup  # also the teaching-size runs (marker `slow`)
 
 bench: setup  # the speed benchmarks (ratios against a reference run alongside)
 	@for script in $(SPEED_BENCH); do echo "== $$script"; $(PY) $$script || exit 1; done
+
+bench-notebooks: setup  # each notebook at teaching defaults, vs a forward pass (~20 min)
+	$(PY) bench/notebooks.py
 
 bars: setup  # every notebook bar's margin over seeds 0-3 and 1 and 2 threads (~1 h)
 	$(PY) bench/bar_margins.py --jobs $(JOBS) \

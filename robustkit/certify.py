@@ -25,10 +25,10 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from robustkit import distributed
 from robustkit.models import Normalize
+from robustkit.progress import bar
 from robustkit.types import Bounds, Loader
 
 ABSTAIN = -1  # the class `predict` and `certify` return when they do not decide
@@ -165,9 +165,8 @@ def verified_accuracy(
     """Fraction of examples IBP verifies at eps: a lower bound on the accuracy of any
     attack within the ball (and verified implies correct, so it is <= clean)."""
     count = total = 0
-    for x, y in tqdm(
-        loader, desc=f"IBP eps={eps:g}", leave=False, disable=not progress
-    ):
+    for x, y in bar(loader, desc=f"IBP eps={eps:g}", disable=not progress,
+                    unit="batch"):  # fmt: skip
         count += int(verified(model, x, y, eps=eps, bounds=bounds).sum())
         total += len(y)
     if not total:

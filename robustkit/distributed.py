@@ -25,9 +25,9 @@ from typing import NamedTuple
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from robustkit import evaluation
+from robustkit.progress import bar
 from robustkit.types import Attack, Loader
 
 
@@ -191,7 +191,7 @@ def worst_case(
     robust = torch.zeros(offsets[-1], dtype=torch.int64, device=device)
     counts = torch.zeros(len(attack_set) + 1, dtype=torch.int64, device=device)
     mine = range(rank, len(batches), world)
-    for i in tqdm(mine, desc="worst case", leave=False, disable=not progress):
+    for i in bar(mine, desc="worst case", disable=not progress, unit="batch"):
         torch.manual_seed(seed * 1_000_003 + i)
         x, y = batches[i]
         part = evaluation.worst_case(model, [(x, y)], attack_set, progress=False)

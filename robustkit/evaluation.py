@@ -10,10 +10,10 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from robustkit import attacks
 from robustkit.attacks.core import restores_buffers
+from robustkit.progress import bar
 from robustkit.types import Attack, Bounds, Loader, Model, Norm
 
 NO_EXAMPLES = "the loader yielded no examples: an accuracy needs at least one"
@@ -35,7 +35,7 @@ def accuracy(model: Model, loader: Loader, *, progress: bool = False) -> float:
     Raises ValueError if the loader yields no examples (there is nothing to count).
     """
     correct = total = 0
-    for x, y in tqdm(loader, desc="accuracy", leave=False, disable=not progress):
+    for x, y in bar(loader, desc="accuracy", disable=not progress, unit="batch"):
         correct += (predict(model, x) == y).sum().item()
         total += len(y)
     if not total:
@@ -58,7 +58,7 @@ def robust_accuracy(
         progress: Show a progress bar over batches.
     """
     return worst_case(
-        model, loader, {"attack": attack}, progress=progress
+        model, loader, {"attack": attack}, progress=progress, desc="robust accuracy"
     ).robust_accuracy
 
 
@@ -84,7 +84,7 @@ def robust_accuracy_curve(
         accuracy(model, loader)  # no budget: the clean accuracy, by definition
         if eps == 0
         else robust_accuracy(model, loader, make_attack(eps), progress=False)
-        for eps in tqdm(eps_values, desc="eps", leave=False, disable=not progress)
+        for eps in bar(eps_values, desc="eps", disable=not progress, unit="eps")
     ]
 
 
@@ -118,7 +118,7 @@ def worst_case(
     if not attack_set:
         raise ValueError("attack_set is empty: give at least one attack")
     counts, clean_parts, robust_parts = dict.fromkeys(attack_set, 0), [], []
-    for x, y in tqdm(loader, desc=desc, leave=False, disable=not progress):
+    for x, y in bar(loader, desc=desc, disable=not progress, unit="batch"):
         clean = predict(model, x) == y
         robust = clean.clone()
         for name, attack in attack_set.items():

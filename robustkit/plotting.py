@@ -136,8 +136,9 @@ def curves(
     title: str = "",
     ylim: tuple[float, float] | None = (0, 1.01),
 ) -> Figure:
-    """One line per named series over shared x values (e.g. accuracy vs eps)."""
-    fig = new_figure((5, 3))
+    """One line per named series over shared x values (e.g. accuracy vs eps); the
+    legend sits beside the axes, where it cannot hide a curve."""
+    fig = new_figure((7.5, 3))
     ax = fig.subplots()
     for name, values in series.items():
         ax.plot(x_values, values, "o-", label=name)
@@ -145,7 +146,7 @@ def curves(
     if ylim is not None:
         ax.set_ylim(*ylim)
     ax.grid(alpha=0.3)
-    ax.legend()
+    _legend_beside(ax)
     fig.tight_layout()
     return fig
 
@@ -155,16 +156,17 @@ def bars(
     *,
     ylabel: str = "accuracy",
     title: str = "",
-    ylim: tuple[float, float] | None = (0, 1.01),
+    ylim: tuple[float, float] | None = (0, 1.12),
 ) -> Figure:
-    """A bar per named value, labelled with the value."""
+    """A bar per named value, labelled with the value (the default ylim leaves the
+    label of a bar at 1.0 room below the title)."""
     fig = new_figure((min(8, 1.2 + 1.1 * len(values)), 3))
     ax = fig.subplots()
     bars_ = ax.bar(list(values), list(values.values()), color="tab:blue")
     ax.bar_label(bars_, fmt="%.2f", fontsize=8)
     ax.set(ylabel=ylabel, title=title)
     if ylim is not None:
-        ax.set_ylim(*ylim)
+        _accuracy_axis(ax, ylim)
     ax.tick_params(axis="x", labelsize=8)
     for label in ax.get_xticklabels():
         label.set(rotation=20, horizontalalignment="right")
@@ -177,13 +179,14 @@ def grouped_bars(
     *,
     ylabel: str = "accuracy",
     title: str = "",
-    ylim: tuple[float, float] | None = (0, 1.05),
+    ylim: tuple[float, float] | None = (0, 1.12),
 ) -> Figure:
-    """Bars grouped by row of `table` ({group: {series: value}}), labelled."""
+    """Bars grouped by row of `table` ({group: {series: value}}), labelled; the
+    legend beside the axes."""
     groups = list(table)
     series = list(dict.fromkeys(k for row in table.values() for k in row))
     width = 0.8 / max(len(series), 1)
-    fig = new_figure((min(8, 1.5 + 1.4 * len(groups)), 3))
+    fig = new_figure((min(10, 3.5 + 1.4 * len(groups)), 3))
     ax = fig.subplots()
     for j, name in enumerate(series):
         xs = [i + (j - (len(series) - 1) / 2) * width for i in range(len(groups))]
@@ -196,7 +199,20 @@ def grouped_bars(
         label.set(rotation=15, horizontalalignment="right")
     ax.set(ylabel=ylabel, title=title)
     if ylim is not None:
-        ax.set_ylim(*ylim)
-    ax.legend(fontsize=8)
+        _accuracy_axis(ax, ylim)
+    _legend_beside(ax)
     fig.tight_layout()
     return fig
+
+
+def _legend_beside(ax) -> None:
+    """The legend to the right of the axes, outside them: it covers no data."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0,
+              fontsize=8)  # fmt: skip
+
+
+def _accuracy_axis(ax, ylim: tuple[float, float]) -> None:
+    """ylim, with ticks only up to 1 when the top is headroom for value labels."""
+    ax.set_ylim(*ylim)
+    if ylim == (0, 1.12):
+        ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])

@@ -16,10 +16,10 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from robustkit import distributed, evaluation
 from robustkit.distributed import Shard
+from robustkit.progress import bar
 from robustkit.types import Attack, Loader
 
 # objective(model, x, x_adv, y) -> (loss, logits used for the accuracy)
@@ -104,7 +104,7 @@ def run_epoch(
     # one, and on a small model every extra kernel per batch shows (one argmax here).
     bare = distributed.bare(model)
     losses, predictions, labels = [], [], []
-    for x, y in tqdm(loader, desc=desc, leave=False, disable=not progress):
+    for x, y in bar(loader, desc=desc, disable=not progress, unit="batch"):
         weight = None  # under torchrun: the share of the batch times the processes
         if shard is None:
             x_adv = x if attack is None else _crafted(attack, bare, x, y)
@@ -223,8 +223,9 @@ def fit(
     if (keep_best or collapse_drop is not None) and (val is None or val_attack is None):
         raise ValueError("keep_best and collapse_drop need `val` and `val_attack`")
     bare = distributed.bare(model)
-    history, best, best_state = [], -1.0, None
-    for epoch in tqdm(range(1, epochs + 1), desc="epochs", disable=not progress):
+    history, best, best_state, collapsed = [], -1.0, None, False
+    for epoch in bar(range(1, epochs + 1), desc="epochs", disable=not progress,
+                     unit="epoch"):  # fmt: skip
         start = time.perf_counter()
         train = run_epoch(
             model,
@@ -270,8 +271,9 @@ def fit(
             and score is not None
             and score < best - collapse_drop
         ):
+            collapsed = True  # on the last epoch too: its weights are the collapse
             break  # catastrophic overfitting: roll back (below) to the best epoch
-    if best_state is not None and (keep_best or len(history) < epochs):
+    if best_state is not None and (keep_best or collapsed):
         bare.load_state_dict(best_state)
     return history
 

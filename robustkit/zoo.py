@@ -41,19 +41,21 @@ SHIPPED_DIR = ROOT / "data" / "zoo"
 FORMAT = 1  # bump when the checkpoint layout changes
 RESTORE = "restore it with `git checkout -- data/zoo`"
 
-# The code a trained model depends on besides its config (zoo.py's own part, the
-# seeding of the initial weights, is fixed). Its hash, docstrings, comments and
-# layout left out, joins the cache key whenever it differs from CODE_HASH, the hash
-# of the code the shipped models were trained with: a learner who edits a recipe
-# gets a new model, never the cached one, while unedited code keeps loading the
-# shipped models. tests/test_zoo.py fails when the code changes; whoever changes it
-# then sets CODE_HASH to the new hash if trained models stay the same (a new check,
-# a refactor), or bumps robustkit.__version__ and rebuilds the shipped models
-# (`make zoo`) if they do not.
-TRAINING_CODE = ("attacks", "certify.py", "data.py", "datasets.py", "distributed.py",
-                 "evaluation.py", "models.py", "recipes.py", "training.py",
-                 "utils.py")  # fmt: skip
-CODE_HASH = "75cbcc901e0d664d"
+# The code a trained model or a kept evaluation (robustkit.evalcache) depends on
+# besides its config (zoo.py's own part, the seeding of the initial weights, is
+# fixed). Its hash, docstrings, comments and layout left out, joins the cache keys
+# whenever it differs from CODE_HASH, the hash of the code the shipped models were
+# trained and evaluated with: a learner who edits a recipe or an attack gets a new
+# model or evaluation, never the cached one, while unedited code keeps loading the
+# shipped ones. tests/test_zoo.py fails when the code changes; whoever changes it
+# then sets CODE_HASH to the new hash if trained models and evaluations stay the
+# same (a new check, a refactor), or bumps robustkit.__version__ and rebuilds the
+# shipped models (`make zoo`) and evaluations (`python -m robustkit.evalcache
+# --ship`) if they do not.
+TRAINING_CODE = ("attacks", "certify.py", "data.py", "datasets.py", "defenses.py",
+                 "distributed.py", "evaluation.py", "models.py", "progress.py",
+                 "recipes.py", "training.py", "utils.py")  # fmt: skip
+CODE_HASH = "d7bae4e6bd9950b4"
 
 
 class CheckpointError(RuntimeError):
@@ -65,14 +67,14 @@ def code_hash(package: Path = ROOT / "robustkit") -> str:
     """Hash of the TRAINING_CODE under `package`, without docstrings, comments and
     layout. Computed once per process, like the code the process has imported."""
     digest = hashlib.sha256()
-    files = sorted(
+    paths = sorted(
         f
         for name in TRAINING_CODE
         for f in (
             [package / name] if name.endswith(".py") else package.glob(f"{name}/*.py")
         )
     )
-    for file in files:
+    for file in paths:
         tree = ast.parse(file.read_text())
         for node in ast.walk(tree):
             body = getattr(node, "body", None)
@@ -152,13 +154,13 @@ def load_or_train(
     json.dumps(config)  # a config that is not JSON cannot be hashed faithfully
     key = config_key(name, config)
     device = torch.device(device)
-    with _restored_rng(device):
+    with restored_rng(device):
         for file, sha in _shipped(name, key):
             model = models.create(config["arch"], config["dataset"])
             metrics = _load(file, model, name, config, key, sha)  # errors stop here
             return model.to(device).eval(), metrics
         path = checkpoint_path(name, config)
-        problem = _unwritable(path.parent)
+        problem = unwritable(path.parent)
         if problem:
             warnings.warn(
                 f"the checkpoint cache {path.parent} cannot be written ({problem}): "
@@ -234,7 +236,7 @@ def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def _unwritable(folder: Path) -> str:
+def unwritable(folder: Path) -> str:
     """Why `folder` cannot take a new file ('' if it can): checked before training."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -246,10 +248,13 @@ def _unwritable(folder: Path) -> str:
 
 
 def _shipped(name: str, key: str) -> list[tuple[Path, str]]:
-    """The shipped checkpoint of `key`, with its SHA-256 from the manifest."""
+    """The shipped checkpoint of `key`, with its SHA-256 from the manifests (the
+    evaluated models', then the notebook models')."""
+    entries = _read_manifest(SHIPPED_DIR / "manifest.json")
+    entries += _read_manifest(NOTEBOOK_MANIFEST, missing_ok=True)
     return [
         (SHIPPED_DIR / entry["file"], entry["sha256"])
-        for entry in _read_manifest(SHIPPED_DIR / "manifest.json")
+        for entry in entries
         if entry["name"] == name and entry["key"] == key
     ]
 
@@ -298,7 +303,7 @@ def _load(
 
 
 @contextlib.contextmanager
-def _restored_rng(device: torch.device) -> Iterator[None]:
+def restored_rng(device: torch.device) -> Iterator[None]:
     """Restore the random, NumPy and torch RNG states on exit."""
     cuda = device.type == "cuda"
     py, np_state, cpu = random.getstate(), np.random.get_state(), torch.get_rng_state()
@@ -345,6 +350,23 @@ SHIPPED_VARIANTS = {"noise": ({"sigma": 0.25}, {"sigma": 0.5})}
 # APGD-T (DLR) and Square on the full test set, at the dataset's budget. Fewer
 # targets and queries than AutoAttack's standard run (9 and 5000), to fit a CPU.
 SHIPPED_EVAL = dict(steps=100, n_targets=3, queries=1000)
+# Models shipped only so that a notebook at its teaching defaults loads what it
+# would otherwise train on every first run: 02's surrogate (SURROGATE_SEED), 04's
+# distilled models (EPOCHS, TEMPERATURES) and 03's TRADES sweep (SWEEP_N_TRAIN,
+# SWEEP_EPOCHS, SWEEP_STEPS, BETAS). The notebook evaluates them; its evaluations
+# ship beside them (robustkit.evalcache). tests/test_zoo.py checks these are the
+# notebooks' defaults.
+NOTEBOOK_MODELS = {
+    "02_evaluating_robustness": [("baseline", dict(seed=1))],  # the surrogate
+    "04_defensive_distillation": [
+        ("distilled", dict(epochs=4, temperature=t)) for t in (1.0, 10.0, 100.0)
+    ],
+    "03_adversarial_training": [
+        ("trades", dict(n_train=5_000, epochs=5, attack_steps=5, beta=b))
+        for b in (0.1, 1.0, 6.0)
+    ],
+}
+NOTEBOOK_MANIFEST = SHIPPED_DIR / "notebook_models.json"
 # The certificates recorded too: IBP-verified accuracy on the full test set at the
 # dataset's budgets (every model IBP can pass), and for the noise models the
 # smoothed classifier's certified L2 accuracy (Cohen et al.'s CERTIFY with n0, n
@@ -422,7 +444,7 @@ def build(
         net, metrics = model(name, ds.name, device=device, progress=progress,
                              **overrides)  # fmt: skip
         attack_set = evaluation.strong_attacks(**evaluation_cfg)
-        with _restored_rng(torch.device(device)):
+        with restored_rng(torch.device(device)):
             seed_everything(0)
             result = evaluation.worst_case(net, loader, attack_set, progress=progress)
             certified = _certificates(net, cfg, ds, splits, loader)
@@ -453,6 +475,47 @@ def build(
         manifest.append(entry)
         _write_manifest(manifest_path, manifest)
     return manifest
+
+
+def notebook_models() -> list[dict]:
+    """The entries of the shipped NOTEBOOK_MODELS (none if none is shipped)."""
+    return _read_manifest(NOTEBOOK_MANIFEST, missing_ok=True)
+
+
+def notebook_overrides(name: str, overrides: dict, dataset: str) -> dict:
+    """A NOTEBOOK_MODELS entry's overrides as the notebook passes them: the TRADES
+    sweep also sets the dataset's eps and a step size of 2.5 eps / steps."""
+    if name != "trades":
+        return dict(overrides)
+    eps = datasets.get(dataset).eps
+    return {**overrides, "eps": eps, "alpha": 2.5 * eps / overrides["attack_steps"]}
+
+
+def ship_notebook_models(
+    dataset: str | None = None, *, device: Device = "cpu", progress: bool = True
+) -> list[dict]:
+    """Train (or load from the cache) the NOTEBOOK_MODELS of `dataset` and ship
+    them: weights in data/zoo/, entries in data/zoo/notebook_models.json."""
+    ds = datasets.get(dataset or datasets.DEFAULT)
+    entries = _read_manifest(NOTEBOOK_MANIFEST, missing_ok=True)
+    for notebook, models_ in NOTEBOOK_MODELS.items():
+        for name, overrides in models_:
+            overrides = notebook_overrides(name, overrides, ds.name)
+            cfg = config(name, ds.name, **overrides)
+            _, metrics = model(name, ds.name, device=device, progress=progress,
+                               **overrides)  # fmt: skip
+            file = SHIPPED_DIR / _file_name(name, ds.name, overrides)
+            shutil.copyfile(checkpoint_path(name, cfg), file)
+            entries = [e for e in entries if e["file"] != file.name]
+            entries.append(dict(
+                name=name, key=config_key(name, cfg), file=file.name,
+                sha256=hashlib.sha256(file.read_bytes()).hexdigest(), config=cfg,
+                notebook=notebook, test_accuracy=metrics["test_accuracy"],
+                train_seconds=metrics["train_seconds"],
+                train_device=metrics.get("device"), version=robustkit.__version__,
+            ))  # fmt: skip
+            _write_manifest(NOTEBOOK_MANIFEST, entries)
+    return entries
 
 
 def _file_name(name: str, dataset: str, overrides: dict | None = None) -> str:
@@ -591,7 +654,7 @@ def certify_shipped(dataset: str | None = None, *, device: Device = "cpu") -> No
             continue
         cfg = entry["config"]
         net, _ = load_or_train(entry["name"], cfg, device=device)
-        with _restored_rng(torch.device(device)):
+        with restored_rng(torch.device(device)):
             seed_everything(0)
             entry["certified"] = _certificates(net, cfg, ds, splits, loader)
     _write_manifest(manifest_path, entries)
@@ -637,6 +700,10 @@ def main(argv: list[str] | None = None) -> int:
         "--table", action="store_true", help="print the manifest as Markdown and exit"
     )
     parser.add_argument(
+        "--notebook-models", action="store_true",
+        help="ship the models the notebooks train at their defaults and exit",
+    )  # fmt: skip
+    parser.add_argument(
         "--certify", action="store_true",
         help="record the shipped models' certificates in the manifest and exit",
     )  # fmt: skip
@@ -646,6 +713,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.certify:
         certify_shipped(args.dataset, device=get_device(args.device))
+        return 0
+    if args.notebook_models:
+        ship_notebook_models(args.dataset, device=get_device(args.device))
         return 0
     device = get_device(args.device)  # checked before hours of training
     for command in train_commands(args.names, args.dataset, launch=args.launch,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import html as html_module
 import io
 import json
 import re
@@ -13,7 +14,7 @@ import pytest
 import yaml
 
 from robustkit import plotting
-from robustkit.course import html, sweep
+from robustkit.course import html, runner, sweep
 from robustkit.utils import ROOT
 
 WORKFLOW = ROOT / ".github" / "workflows" / "notebooks.yml"
@@ -74,6 +75,41 @@ def test_html_site_has_an_index_and_pages_with_embedded_figures(tmp_path):
     assert "<title>05 · A tiny page</title>" in page
     assert "widget-view" not in page and "FloatProgress" not in page
     assert (tmp_path / "site" / "05_tiny.json").exists()
+
+
+def test_html_pages_render_offline_hide_solutions_and_say_what_ran(tmp_path):
+    src = tmp_path / "outputs"
+    src.mkdir()
+    nb = executed_notebook()
+    nb.cells.insert(1, nbformat.v4.new_markdown_cell("Inline $x^2$ and $$\\epsilon$$"))
+    solution = "def my_fgsm():\n    return 'the secret answer'"
+    nb.cells.insert(
+        2, nbformat.v4.new_code_cell(solution, metadata={"tags": ["solution"]})
+    )
+    source = ROOT / "notebooks" / "01_adversarial_examples.ipynb"
+    quick = runner.parameter_set(source, "quick")
+    nb.metadata["papermill"] = {
+        "input_path": str(source), "end_time": "2026-12-01T23:50:07.1+00:00",
+        "parameters": {**quick, "DATASET": "fashion_mnist", "RESULTS_PATH": "x.json"},
+    }  # fmt: skip
+    nbformat.write(nb, src / "01_adversarial_examples.ipynb")
+    provenance = {"dataset": "fashion_mnist", "device": "cpu"}
+    (src / "01_adversarial_examples.json").write_text(
+        json.dumps({"provenance": provenance})
+    )
+    index = html.build(src, tmp_path / "site")
+    page = (tmp_path / "site" / "01_adversarial_examples.html").read_text()
+    line = ("Run with the quick parameters and {'DATASET': 'fashion_mnist'}, on "
+            "fashion_mnist, on cpu, finished 2026-12-01 23:50 UTC.")  # fmt: skip
+    assert line in page and html_module.escape(line) in index.read_text()
+    assert "the secret answer" not in page and "my_fgsm" not in page
+    scripts = re.findall(r'<script[^>]*src="([^"]*)"', page)
+    assert scripts == [html.MATHJAX], scripts  # nothing from a CDN, no require.js
+    assert (tmp_path / "site" / "mathjax" / "MathJax.js").exists()
+    config = tmp_path / "site" / "mathjax" / "config" / "TeX-AMS-MML_HTMLorMML-full.js"
+    assert config.exists() and "$x^2$" in page
+    nb.metadata["papermill"]["parameters"] = {}
+    assert html.run_line(nb).startswith("Run with teaching defaults, on the default")
 
 
 def test_html_refuses_an_empty_folder(tmp_path):

@@ -205,6 +205,20 @@ def test_collapse_guard_stops_and_rolls_back(mlp, blobs):
     assert same_weights(mlp, states[1])
 
 
+def test_a_collapse_on_the_last_epoch_is_rolled_back_too(mlp, blobs):
+    states, callback = snapshots(mlp)
+    history = train_blobs(
+        mlp,
+        blobs,
+        epochs=3,
+        val=blobs,
+        val_attack=scripted_val_attack(peak_epoch=2),
+        collapse_drop=0.2,
+        callback=callback,
+    )
+    assert len(history) == 3 and same_weights(mlp, states[1])
+
+
 def forced_fgsm_run(seed, *, n_train, epochs, drop=0.1):
     """FGSM without a random start at a high learning rate (Wong et al. 2020), the
     collapse guard on, validated with a deterministic PGD (no random start), so the
@@ -236,12 +250,12 @@ def check_guard_on_a_real_run(scores, restored, epochs, drop=0.1):
     score fell more than `drop` below the best before it, and only there, and it
     leaves the weights of the best epoch (re-measured: exactly the best score)."""
     collapsed = [e for e in range(1, len(scores)) if scores[e] < max(scores[:e]) - drop]
-    if len(scores) < epochs:
+    if collapsed:  # on the last epoch too
         assert collapsed == [len(scores) - 1], scores  # stopped at the first collapse
         assert restored == max(scores), (restored, scores)  # rolled back to the best
     else:
-        assert collapsed == [], scores  # a collapse the guard let pass
-    return len(scores) < epochs
+        assert len(scores) == epochs, scores  # no collapse, no stop
+    return bool(collapsed)
 
 
 def test_the_collapse_guard_keeps_its_promise_on_a_real_fgsm_run():

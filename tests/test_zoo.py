@@ -328,3 +328,63 @@ def test_readme_table_of_shipped_models_is_the_manifest():
     readme = (zoo.SHIPPED_DIR.parents[1] / "README.md").read_text()
     assert zoo.manifest_table() in readme, "run python -m robustkit.zoo --table"
     assert zoo.smoothing_table() in readme, "run python -m robustkit.zoo --table"
+
+
+def _defaults(notebook: str) -> dict:
+    import ast
+
+    import papermill as pm
+
+    declared = pm.inspect_notebook(str(zoo.ROOT / "notebooks" / f"{notebook}.ipynb"))
+    return {k: ast.literal_eval(v["default"]) for k, v in declared.items()
+            if k in ("EPOCHS", "TEMPERATURES", "SWEEP_N_TRAIN", "SWEEP_EPOCHS",
+                     "SWEEP_STEPS", "BETAS", "SURROGATE_SEED")}  # fmt: skip
+
+
+def test_the_notebook_models_are_what_the_notebooks_train_at_their_defaults():
+    d02 = _defaults("02_evaluating_robustness")
+    assert d02["EPOCHS"] == zoo.config("baseline")["epochs"]
+    assert zoo.NOTEBOOK_MODELS["02_evaluating_robustness"] == [
+        ("baseline", dict(seed=d02["SURROGATE_SEED"]))
+    ]
+    d04 = _defaults("04_defensive_distillation")
+    assert zoo.NOTEBOOK_MODELS["04_defensive_distillation"] == [
+        ("distilled", dict(epochs=d04["EPOCHS"], temperature=t))
+        for t in d04["TEMPERATURES"]
+    ]
+    d03 = _defaults("03_adversarial_training")
+    sizes = dict(n_train=d03["SWEEP_N_TRAIN"], epochs=d03["SWEEP_EPOCHS"],
+                 attack_steps=d03["SWEEP_STEPS"])  # fmt: skip
+    assert zoo.NOTEBOOK_MODELS["03_adversarial_training"] == [
+        ("trades", dict(sizes, beta=b)) for b in d03["BETAS"]
+    ]
+    source = (zoo.ROOT / "notebooks" / "03_adversarial_training.ipynb").read_text()
+    assert "alpha=2.5 * EPS / SWEEP_STEPS" in source  # as notebook_overrides has it
+
+
+def test_every_shipped_notebook_model_verifies_and_loads_without_training():
+    entries = zoo.notebook_models()
+    wanted = {
+        (name, json.dumps(zoo.notebook_overrides(name, o, "mnist"), sort_keys=True))
+        for models_ in zoo.NOTEBOOK_MODELS.values()
+        for name, o in models_
+    }
+    assert len(entries) == len(wanted)
+
+    def no_training(model, config):
+        raise AssertionError("a shipped notebook model was retrained")
+
+    for entry in entries:
+        file = zoo.SHIPPED_DIR / entry["file"]
+        assert hashlib.sha256(file.read_bytes()).hexdigest() == entry["sha256"]
+        name, cfg = entry["name"], entry["config"]
+        overrides = next(
+            json.loads(o) for n, o in wanted
+            if n == name and all(cfg[k] == v for k, v in json.loads(o).items())
+        )  # fmt: skip
+        expected = zoo.config(name, "mnist", **overrides)
+        assert zoo.config_key(name, expected) == entry["key"]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            _, metrics = zoo.load_or_train(name, expected, no_training)
+        assert metrics["test_accuracy"] == entry["test_accuracy"] >= 0.8

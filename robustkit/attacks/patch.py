@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from robustkit.attacks.core import checked_number, restores_buffers
+from robustkit.progress import bar
 from robustkit.types import Bounds, Model
 
 
@@ -103,7 +103,7 @@ def train_patch(
     patch = torch.empty(x.shape[1], size, size, device=x.device).uniform_(lo, hi)
     patch.requires_grad_(True)
     opt = torch.optim.Adam([patch], lr=lr)
-    for _ in tqdm(range(steps), desc="patch", leave=False, disable=not progress):
+    for _ in bar(range(steps), desc="patch", disable=not progress, unit="step"):
         batch = x[torch.randint(0, len(x), (batch_size,), device=x.device)]
         logits = model(apply_patch(batch, patch, margin=margin))
         loss = F.cross_entropy(

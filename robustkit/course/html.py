@@ -3,11 +3,14 @@
     make run && python -m robustkit.course.html  # outputs/*.ipynb -> outputs/html/
     python -m robustkit.course.html --src outputs/sweep/runs/000 --out site
 
-Pages are rendered by nbconvert's HTML exporter with every image embedded, so the
-folder can be copied or served as is. Live widgets need a kernel, so widget views
-are dropped from the pages (progress bars vanish; an explorer keeps the static
-figure it shows without a frontend). A results JSON beside a notebook is copied
-and linked from the index.
+Pages are rendered by nbconvert's HTML exporter with every image embedded, and
+MathJax copied beside them (from jupyter-server-mathjax), so the folder renders
+offline, copied or served as is. Solution cells (tagged `solution`) are left out:
+the site is for students. Every page and the index say which parameters ran
+(teaching defaults, the quick set, or what was changed), on which dataset and
+device, and when. Live widgets need a kernel, so widget views are dropped from the
+pages (an explorer keeps the static figure it shows without a frontend). A results
+JSON beside a notebook is copied and linked from the index.
 """
 
 from __future__ import annotations
@@ -21,9 +24,10 @@ from pathlib import Path
 
 import nbformat
 
-from robustkit.course.runner import OUTPUT_DIR
+from robustkit.course.runner import OUTPUT_DIR, parameter_set
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+MATHJAX = "mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full,Safe"  # local copy
 
 
 def title(nb: nbformat.NotebookNode, default: str) -> str:
@@ -54,20 +58,63 @@ def strip_widgets(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     return nb
 
 
-def render(notebook: str | Path, out_dir: str | Path) -> tuple[Path, str]:
-    """Write `notebook` as `out_dir/<stem>.html`; return the page and its title."""
+def run_line(nb: nbformat.NotebookNode, results: dict | None = None) -> str:
+    """What ran, in one line: the parameter set, dataset, device and date."""
+    run = nb.metadata.get("papermill", {})
+    given = {k: v for k, v in (run.get("parameters") or {}).items()
+             if k != "RESULTS_PATH"}  # fmt: skip
+    source = Path(run.get("input_path") or "unknown.ipynb")
+    quick = {}
+    if source.with_name(f"{source.stem}.quick.yaml").exists():
+        quick = parameter_set(source, "quick")
+    if not given:
+        which = "teaching defaults"
+    elif quick and quick.items() <= given.items():
+        extra = {k: v for k, v in given.items() if k not in quick}
+        which = "the quick parameters" + (f" and {extra}" if extra else "")
+    else:
+        which = f"parameters {given}"
+    provenance = (results or {}).get("provenance") or {}
+    dataset = provenance.get("dataset") or given.get("DATASET", "the default dataset")
+    device = provenance.get("device", "an unrecorded device")
+    when = (run.get("end_time") or "an unrecorded time")[:16].replace("T", " ")
+    return f"Run with {which}, on {dataset}, on {device}, finished {when} UTC."
+
+
+def render(
+    notebook: str | Path, out_dir: str | Path, results: dict | None = None
+) -> tuple[Path, str]:
+    """Write `notebook` as `out_dir/<stem>.html`, solution cells left out and the
+    run line (`run_line`) on top; return the page and its title."""
     from nbconvert import HTMLExporter  # heavy import, only for the site
+    from nbconvert.preprocessors import TagRemovePreprocessor
 
     notebook, out_dir = Path(notebook), Path(out_dir)
     nb = strip_widgets(nbformat.read(notebook, as_version=4))
     page_title = title(nb, notebook.stem)
-    exporter = HTMLExporter(template_name="lab", embed_images=True)
+    line = run_line(nb, results)
+    nb.cells.insert(0, nbformat.v4.new_markdown_cell(f"*{line}*"))
+    exporter = HTMLExporter(template_name="lab", embed_images=True, mathjax_url=MATHJAX)
+    exporter.register_preprocessor(
+        TagRemovePreprocessor(remove_cell_tags={"solution"}), enabled=True
+    )
     body, _ = exporter.from_notebook_node(
         nb, resources={"metadata": {"name": page_title}}
     )
+    # require.js only serves live widgets, which the pages do not have: no CDN
+    body = body.replace(f'<script src="{exporter.require_js_url}"></script>', "")
     page = out_dir / f"{notebook.stem}.html"
     page.write_text(body, encoding="utf-8")
     return page, page_title
+
+
+def copy_mathjax(out_dir: Path) -> Path:
+    """MathJax 2.7 from the jupyter-server-mathjax package, into out_dir/mathjax."""
+    import jupyter_server_mathjax
+
+    static = Path(jupyter_server_mathjax.__file__).parent / "static"
+    shutil.copytree(static, out_dir / "mathjax", dirs_exist_ok=True)
+    return out_dir / "mathjax"
 
 
 def build(src: str | Path = OUTPUT_DIR, out: str | Path | None = None) -> Path:
@@ -78,16 +125,18 @@ def build(src: str | Path = OUTPUT_DIR, out: str | Path | None = None) -> Path:
     if not notebooks:
         raise ValueError(f"no executed notebooks in {str(src)!r}: run `make run` first")
     out.mkdir(parents=True, exist_ok=True)
+    copy_mathjax(out)
     items = []
     for notebook in notebooks:
-        page, page_title = render(notebook, out)
+        path = notebook.with_suffix(".json")
+        results = json.loads(path.read_text()) if path.exists() else None  # valid
+        page, page_title = render(notebook, out, results)
         item = f'<li><a href="{page.name}">{html.escape(page_title)}</a>'
-        results = notebook.with_suffix(".json")
-        if results.exists():
-            json.loads(results.read_text())  # refuse to publish a broken record
-            shutil.copyfile(results, out / results.name)
-            item += f' (<a href="{results.name}">results</a>)'
-        items.append(item + "</li>")
+        if results is not None:
+            shutil.copyfile(path, out / path.name)
+            item += f' (<a href="{path.name}">results</a>)'
+        line = run_line(nbformat.read(notebook, as_version=4), results)
+        items.append(item + f"<br><small>{html.escape(line)}</small></li>")
     index = out / "index.html"
     index.write_text(_INDEX.format(items="\n".join(items)), encoding="utf-8")
     return index

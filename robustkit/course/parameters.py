@@ -85,6 +85,7 @@ SPECS: dict[str, Spec] = {
         )
     ),
     "RESULTS_PATH": Spec(str, "a file path, or '' to write nothing", lambda v: True),
+    "REEVALUATE": Spec(bool, "True or False", lambda v: isinstance(v, bool)),
     "N_TRAIN": _optional(SIZE),
     "N_VAL": _optional(SIZE),
     "N_TEST": SIZE,
