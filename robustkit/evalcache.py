@@ -92,8 +92,7 @@ def worst_case(
     Returns:
         (the WorstCase result, its Source). `robust` lies on the first batch's device.
     """
-    fields, device = key_fields(model, loader, attack_set, seed)
-    fields["independent"] = independent
+    fields, device = key_fields(model, loader, attack_set, seed, independent)
     key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_dir() / "evaluations" / f"{key}.json"
     existed = path.exists()  # and was corrupt, if it is still there below
@@ -205,7 +204,11 @@ def curve(
 
 
 def key_fields(
-    model: nn.Module, loader: Loader, attack_set: dict[str, Attack], seed: int
+    model: nn.Module,
+    loader: Loader,
+    attack_set: dict[str, Attack],
+    seed: int,
+    independent: bool = False,
 ) -> tuple[dict, torch.device]:
     """What an evaluation's key is made of (all of it JSON), and the device of the
     loader's batches. An empty loader is a ValueError, as in `evaluation`."""
@@ -233,6 +236,7 @@ def key_fields(
         "images": images.hexdigest(),
         "attacks": {name: describe(attack) for name, attack in attack_set.items()},
         "seed": seed,
+        "independent": independent,
         # edited attacks or evaluation: a new result, never the shipped one
         "code": "released" if zoo.code_hash() == zoo.CODE_HASH else zoo.code_hash(),
         "version": robustkit.__version__,
@@ -361,9 +365,9 @@ def ship(*, dry_run: bool = False) -> list[Path]:
     return what was (or would be) copied."""
     shipped = set()
     for entry in zoo.shipped() + zoo.notebook_models():
-        state = torch.load(zoo.SHIPPED_DIR / entry["file"], map_location="cpu",
-                           weights_only=True)["state_dict"]  # fmt: skip
-        state = bare_state_dict(state)
+        path = zoo.SHIPPED_DIR / entry["file"]
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        state = bare_state_dict(payload["state_dict"])
         for prefix in WRAPPED:
             shipped.add(zoo.weights_sha256({prefix + k: v for k, v in state.items()}))
     if zoo.code_hash() != zoo.CODE_HASH:

@@ -13,6 +13,9 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 from torch import Tensor
 
+# Bar charts' default ylim: accuracies up to 1, and room above for a label at 1.0
+HEADROOM = (0, 1.12)
+
 
 def new_figure(figsize: tuple[float, float]) -> Figure:
     """An empty figure, already closed in pyplot (see the module docstring)."""
@@ -156,7 +159,7 @@ def bars(
     *,
     ylabel: str = "accuracy",
     title: str = "",
-    ylim: tuple[float, float] | None = (0, 1.12),
+    ylim: tuple[float, float] | None = HEADROOM,
 ) -> Figure:
     """A bar per named value, labelled with the value (the default ylim leaves the
     label of a bar at 1.0 room below the title)."""
@@ -179,7 +182,7 @@ def grouped_bars(
     *,
     ylabel: str = "accuracy",
     title: str = "",
-    ylim: tuple[float, float] | None = (0, 1.12),
+    ylim: tuple[float, float] | None = HEADROOM,
 ) -> Figure:
     """Bars grouped by row of `table` ({group: {series: value}}), labelled; the
     legend beside the axes."""
@@ -212,7 +215,7 @@ def _legend_beside(ax) -> None:
 
 
 def _accuracy_axis(ax, ylim: tuple[float, float]) -> None:
-    """ylim, with ticks only up to 1 when the top is headroom for value labels."""
+    """ylim, with ticks only up to 1 when the top above 1 is headroom for labels."""
     ax.set_ylim(*ylim)
-    if ylim == (0, 1.12):
-        ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    if ylim[1] > 1:
+        ax.set_yticks([t for t in ax.get_yticks() if ylim[0] <= t <= 1])

@@ -190,33 +190,20 @@ def test_without_guards_the_last_epoch_is_kept(mlp, blobs):
     assert same_weights(mlp, states[-1])
 
 
-def test_collapse_guard_stops_and_rolls_back(mlp, blobs):
+@pytest.mark.parametrize("epochs", [5, 3], ids=["early", "on the last epoch"])
+def test_collapse_guard_stops_and_rolls_back(mlp, blobs, epochs):
     states, callback = snapshots(mlp)
     history = train_blobs(
         mlp,
         blobs,
-        epochs=5,
+        epochs=epochs,
         val=blobs,
         val_attack=scripted_val_attack(peak_epoch=2),
         collapse_drop=0.2,
         callback=callback,
     )
     assert len(history) == 3  # the drop after the peak stops training at once
-    assert same_weights(mlp, states[1])
-
-
-def test_a_collapse_on_the_last_epoch_is_rolled_back_too(mlp, blobs):
-    states, callback = snapshots(mlp)
-    history = train_blobs(
-        mlp,
-        blobs,
-        epochs=3,
-        val=blobs,
-        val_attack=scripted_val_attack(peak_epoch=2),
-        collapse_drop=0.2,
-        callback=callback,
-    )
-    assert len(history) == 3 and same_weights(mlp, states[1])
+    assert same_weights(mlp, states[1])  # rolled back, on the last epoch too
 
 
 def forced_fgsm_run(seed, *, n_train, epochs, drop=0.1):
