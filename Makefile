@@ -18,7 +18,11 @@ SPEED_BENCH := bench/attacks.py bench/train_throughput.py bench/training.py benc
 # Also nbstripout's git filter (in .git/config and .git/info/attributes): a notebook
 # opened and saved in `make lab` keeps its outputs on disk, but git sees it clean.
 # --keep-id: the committed notebooks' cell ids stay, so an unchanged notebook stays clean.
+# And robustkit's JupyterLab settings (robustkit/course/lab_overrides.json: widget
+# state saved with a notebook, so that reopened it shows its widgets, not errors).
+LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings/overrides.d
 setup: $(STAMP)
+	@mkdir -p $(LAB_SETTINGS) && cp robustkit/course/lab_overrides.json $(LAB_SETTINGS)/robustkit.json
 	@if [ -d .git ]; then \
 		$(VENV)/bin/nbstripout --is-installed || $(VENV)/bin/nbstripout --install; \
 		git config filter.nbstripout.clean '"$(abspath $(PY))" -m nbstripout --keep-id'; fi

@@ -23,7 +23,16 @@ from pathlib import Path
 
 import torch
 
-from robustkit import certify, data, datasets, distributed, evaluation, utils, zoo
+from robustkit import (
+    certify,
+    data,
+    datasets,
+    distributed,
+    evaluation,
+    precision,
+    utils,
+    zoo,
+)
 from robustkit.train import arguments, checked_config
 
 
@@ -43,6 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, help="APGD iterations (100)")
     parser.add_argument("--targets", type=int, help="APGD-T targets")
     parser.add_argument("--queries", type=int, help="Square queries")
+    parser.add_argument(
+        "--precision", default="float32", choices=sorted(precision.PRECISIONS),
+        help="the model's precision under attack (bf16: torch.autocast, float32 "
+        "logits; robustkit.precision)",
+    )  # fmt: skip
     parser.add_argument("--certify", action="store_true", help="IBP-verified share too")
     parser.add_argument("--seed", type=int, default=0, help="the attacks' RNG seed")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
@@ -80,8 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     loader = data.Batches(splits.x_test, splits.y_test, batch_size=500)
     attack_set = evaluation.strong_attacks(eps, **settings)
     progress = main_process and not args.no_progress
+    attacked = precision.autocast(net, args.precision)
     result = distributed.worst_case(
-        net, loader, attack_set, shard=shard, seed=args.seed, progress=progress
+        attacked, loader, attack_set, shard=shard, seed=args.seed, progress=progress
     )
     report = {
         "name": args.name,
@@ -90,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         "eps": eps,
         "n_test": len(splits.y_test),
         "preset": args.preset,
+        "precision": args.precision,
         "attacks": settings,
         "clean_accuracy": result.clean_accuracy,
         "robust_accuracy": result.robust_accuracy,

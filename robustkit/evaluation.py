@@ -178,7 +178,7 @@ class SanityReport(list):
 
     def _repr_html_(self) -> str:
         rows = "".join(
-            f"<tr><td>{'✅ pass' if c.passed else '❌ FAIL'}</td><td>{c.name}</td>"
+            f"<tr><td>{'✓ pass' if c.passed else '✗ FAIL'}</td><td>{c.name}</td>"
             f"<td>{c.value}</td><td>{'' if c.passed else c.reason}</td></tr>"
             for c in self
         )

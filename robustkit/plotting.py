@@ -154,6 +154,24 @@ def curves(
     return fig
 
 
+def histories(
+    runs: dict[str, list[dict]], keys: dict[str, str], *, title: str = ""
+) -> Figure:
+    """Per-epoch curves of training runs: a line per run and per history key (`keys`:
+    label -> a key of `training.fit`'s rows), over each run's own epochs."""
+    fig = new_figure((7.5, 3))
+    ax = fig.subplots()
+    for run, rows in runs.items():
+        for label, key in keys.items():
+            epochs = [row["epoch"] for row in rows]
+            ax.plot(epochs, [row[key] for row in rows], "o-", label=f"{run}: {label}")
+    ax.set(xlabel="epoch", ylabel="accuracy", title=title, ylim=(0, 1.01))
+    ax.grid(alpha=0.3)
+    _legend_beside(ax)
+    fig.tight_layout()
+    return fig
+
+
 def bars(
     values: dict[str, float],
     *,

@@ -58,6 +58,7 @@ DEFAULT_CONFIG = dict(
     kappa=None,  # IBP: the clean loss's final weight (from 1, over the warm-up)
     sigma=None,  # Gaussian-noise training (randomized smoothing): the noise's std
     noise=None,  # N-FGSM: half-width of the uniform start, in multiples of eps
+    align=None,  # GradAlign: weight of the gradient-alignment regularizer
     guard=None,  # "best": keep the best robust-validation epoch; "collapse": also
     #              stop and roll back when it collapses (catastrophic overfitting)
     augment=None,  # "crop_flip": random 4-pixel crops and flips (natural images)
@@ -130,6 +131,42 @@ def n_fgsm(cfg: dict, ramp: Ramp) -> tuple[Attack | None, Objective]:
     return _ramped(
         attack, cfg["eps"], cfg["alpha"], ramp, start
     ), training.cross_entropy_objective
+
+
+def grad_align(cfg: dict, ramp: Ramp) -> tuple[Attack | None, Objective]:
+    """FGSM training with GradAlign (Andriushchenko & Flammarion 2020): cross-entropy
+    on one FGSM step of size alpha from x, plus `align` times the gradients'
+    misalignment at two points of the ball (`gradient_misalignment`). Keeping them
+    aligned keeps the loss locally linear, which FGSM training loses when it
+    overfits catastrophically; it costs a double backward pass."""
+    step = partial(attacks.pgd, steps=1, random_start=False)
+    attack = _ramped(step, cfg["eps"], cfg["alpha"], ramp)
+
+    def objective(model, x, x_adv, y):
+        loss, logits = training.cross_entropy_objective(model, x, x_adv, y)
+        eps = cfg["eps"] * ramp.last  # this batch's budget, as the attack had it
+        return loss + cfg["align"] * gradient_misalignment(model, x, y, eps), logits
+
+    return attack, objective
+
+
+def gradient_misalignment(model: nn.Module, x: Tensor, y: Tensor, eps: float) -> Tensor:
+    """GradAlign's regularizer: the batch mean of 1 - cos(grad_x CE(h(x), y),
+    grad_x CE(h(x + eta), y)), eta ~ U[-eps, eps] (clipped to the image bounds),
+    differentiable in the model's parameters (double backpropagation).
+
+    Reference:
+        Andriushchenko & Flammarion, "Understanding and Improving Fast Adversarial
+        Training", NeurIPS 2020. https://arxiv.org/abs/2007.02617
+    """
+    points = (x, (x + torch.empty_like(x).uniform_(-eps, eps)).clamp(0, 1))
+    grads = []
+    for point in points:
+        point = point.detach().requires_grad_(True)
+        loss = F.cross_entropy(model(point), y)
+        grads.append(torch.autograd.grad(loss, point, create_graph=True)[0].flatten(1))
+    cos = F.cosine_similarity(*grads, dim=1, eps=1e-12)
+    return (1 - cos).mean()
 
 
 def trades(cfg: dict, ramp: Ramp) -> tuple[Attack | None, Objective]:
@@ -228,6 +265,12 @@ RECIPES = {
                                 guard="collapse"),
         n_fgsm,
     ),
+    # the paper's CIFAR-10 weight at 8/255 (0.2); FGSM from x with alpha = eps
+    "grad_align": Recipe(
+        lambda ds: _adversarial(ds, alpha=ds.eps, attack_steps=1, align=0.2,
+                                guard="collapse"),
+        grad_align,
+    ),
     "pgd": Recipe(
         lambda ds: _adversarial(ds, alpha=ds.alpha, attack_steps=ds.attack_steps,
                                 random_start=True, guard="best"),
@@ -293,6 +336,7 @@ CONFIG_RULES = {
     "kappa": (_number(0, 1, optional=True), "None or a number in [0, 1]"),
     "sigma": (_number(0, above=True, optional=True), "None or a number > 0"),
     "noise": (_number(0, above=True, optional=True), "None or a number > 0"),
+    "align": (_number(0, optional=True), "None or a finite number >= 0"),
     "guard": (lambda v: v in (None, "best", "collapse"), "None, 'best' or 'collapse'"),
     "augment": (lambda v: v in (None, "crop_flip"), "None or 'crop_flip'"),
 }
@@ -367,9 +411,11 @@ class Ramp:
 
     def __init__(self, warmup: int) -> None:
         self.warmup, self.calls = warmup, itertools.count(1)
+        self.last = 0.0  # the fraction of the latest call (an objective reads it)
 
     def __call__(self) -> float:
-        return min(1.0, next(self.calls) / self.warmup) if self.warmup > 0 else 1.0
+        self.last = min(1.0, next(self.calls) / self.warmup) if self.warmup > 0 else 1.0
+        return self.last
 
 
 def _ramped(
@@ -502,10 +548,10 @@ def train(
 def check_shardable(cfg: dict, shard: Shard) -> None:
     """A ValueError, before any work, for a config that cannot be split over
     `shard.world` processes: distillation, or a batch that leaves one without rows."""
-    if cfg["recipe"] == "distillation":
+    if cfg["recipe"] in ("distillation", "grad_align"):  # grad_align: double backward
         raise ValueError(
-            "recipe 'distillation' does not run under torchrun yet: train it in one "
-            "process (python -m robustkit.train ...)"
+            f"recipe {cfg['recipe']!r} does not run under torchrun yet: train it in "
+            "one process (python -m robustkit.train ...)"
         )
     last = cfg["n_train"] % cfg["batch_size"]
     for size, what in ((cfg["batch_size"], "batch_size"), (last, "the last batch")):

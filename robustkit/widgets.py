@@ -50,9 +50,15 @@ class Explorer:
     """
 
     def __init__(
-        self, controls: dict, render: Callable[..., Figure], *, live: bool | None
+        self,
+        controls: dict,
+        render: Callable[..., Figure],
+        *,
+        live: bool | None,
+        notes: Sequence = (),
     ) -> None:
         self.controls, self._render, self._live = controls, render, live
+        self._notes = list(notes)  # widgets shown under the controls (e.g. a Label)
         self._output = None
         for control in controls.values():
             control.observe(lambda change: self.update(), names="value")
@@ -84,7 +90,13 @@ class Explorer:
         if self._output is None:
             self._output = w.Output()
             self.update()
-        return w.VBox([w.HBox(list(self.controls.values())), self._output])
+        return w.VBox(
+            [
+                w.HBox(list(self.controls.values()), layout={"flex_flow": "row wrap"}),
+                *self._notes,
+                self._output,
+            ]
+        )
 
     def _ipython_display_(self) -> None:
         from IPython.display import display
@@ -127,17 +139,19 @@ def attack_explorer(
     if not eps_max > 0:
         raise ValueError(f"eps_max must be > 0, got {eps_max!r}")
     makers = attacks or default_attacks()
+    eps0 = min(0.1, eps_max)
 
     def render(index: int, attack: str, eps: float) -> Figure:
         xi, yi = x[index : index + 1], y[index : index + 1]
         x_adv = xi.clone() if eps == 0 else makers[attack](eps)(model, xi, yi)
         return plotting.attack_panel(model, xi, x_adv, classes)
 
+    start = first_success(model, makers[next(iter(makers))](eps0), x, y)
     controls = {
-        "index": w.IntSlider(value=0, min=0, max=len(x) - 1, description="image"),
-        "attack": w.Dropdown(options=list(makers), description="attack"),
+        "index": w.IntSlider(value=start, min=0, max=len(x) - 1, description="image"),
+        "attack": dropdown(list(makers), "attack"),
         "eps": w.FloatSlider(
-            value=min(0.1, eps_max),
+            value=eps0,
             min=0.0,
             max=eps_max,
             step=eps_max / 50,
@@ -146,6 +160,40 @@ def attack_explorer(
         ),
     }
     return Explorer(controls, render, live=live)
+
+
+def first_success(model: Model, attack: Attack, x: Tensor, y: Tensor) -> int:
+    """The first index whose correctly classified image `attack` misclassifies
+    (0 if none): an explorer should open on an attack that works."""
+    x_adv = attack(model, x, y)
+    with torch.no_grad():
+        correct = model(x).argmax(1) == y
+        fooled = model(x_adv).argmax(1) != y
+    hits = (correct & fooled).nonzero()
+    return int(hits[0]) if len(hits) else 0
+
+
+def dropdown(options: list[str], description: str):
+    """A Dropdown wide enough for its longest option and its description."""
+    import ipywidgets as w
+
+    width = max(len(option) for option in options)
+    return w.Dropdown(
+        options=options,
+        description=description,
+        style={"description_width": "initial"},
+        layout=w.Layout(width=f"calc({width}ch + {len(description)}ch + 4em)"),
+    )
+
+
+def describe(transform: Transform) -> str:
+    """What a transform does, with its settings: a partial's function and keywords
+    ("jpeg(quality=50)"); otherwise the function's name."""
+    if isinstance(transform, partial):
+        settings = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                             for k, v in transform.keywords.items())  # fmt: skip
+        return f"{describe(transform.func)}({settings})"
+    return getattr(transform, "__name__", type(transform).__name__)
 
 
 def default_attacks(steps: int = 20) -> dict[str, Callable[[float], Attack]]:
@@ -227,19 +275,21 @@ def defense_explorer(
         with torch.no_grad():
             seen = {name: t(v) for name, v in inputs.items()}
             probs = {name: torch.softmax(model(v), 1) for name, v in seen.items()}
+        meaning.value = f"strength {strength:.2f}: {describe(t)}"
         return _defense_figure(
-            seen, probs, y, index, classes, f"{transform} {strength:.2f}"
+            seen, probs, y, index, classes, f"{transform}, {describe(t)}"
         )
 
+    meaning = w.Label()  # what the strength means for this transform, in its units
     controls = {
         "index": w.IntSlider(value=0, min=0, max=len(x) - 1, description="image"),
-        "transform": w.Dropdown(options=list(transforms), description="transform"),
+        "transform": dropdown(list(transforms), "transform"),
         "strength": w.FloatSlider(
             value=0.5, min=0.0, max=1.0, step=0.05, description="strength",
             continuous_update=False,
         ),
     }  # fmt: skip
-    return Explorer(controls, render, live=live)
+    return Explorer(controls, render, live=live, notes=[meaning])
 
 
 def _defense_figure(
@@ -292,9 +342,9 @@ class TrainingMonitor:
         rows: The history rows received so far.
     """
 
-    def __init__(self, *, live: bool | None = None) -> None:
+    def __init__(self, *, title: str = "", live: bool | None = None) -> None:
         self.rows: list[dict] = []
-        self._live, self._handle = live, None
+        self.title, self._live, self._handle = title, live, None
 
     def __call__(self, row: dict) -> None:
         self.rows.append(dict(row))
@@ -329,11 +379,13 @@ class TrainingMonitor:
         ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1.01))
         if ax_acc.lines:
             ax_acc.legend(fontsize=8)
+        if self.title:
+            fig.suptitle(f"{self.title}: epoch {len(self.rows)}", fontsize=9)
         fig.tight_layout()
         return fig
 
 
-def training_monitor(*, live: bool | None = None) -> TrainingMonitor:
+def training_monitor(title: str = "", *, live: bool | None = None) -> TrainingMonitor:
     """A callback for `training.fit(..., callback=monitor)` that plots as it trains.
 
     In a live frontend the curves of loss, training, test and robust accuracy are
@@ -341,9 +393,10 @@ def training_monitor(*, live: bool | None = None) -> TrainingMonitor:
     nothing, and `monitor.figure()` gives the final curves on demand.
 
     Args:
+        title: Which run the curves show (e.g. "FGSM-RS, eps 0.3"), above them.
         live: Redraw (True) or stay silent (False); None asks `has_frontend()`.
 
     Returns:
         The callback; its `.rows` keep the history received so far.
     """
-    return TrainingMonitor(live=live)
+    return TrainingMonitor(title=title, live=live)

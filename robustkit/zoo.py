@@ -55,7 +55,7 @@ RESTORE = "restore it with `git checkout -- data/zoo`"
 TRAINING_CODE = ("attacks", "certify.py", "data.py", "datasets.py", "defenses.py",
                  "distributed.py", "evaluation.py", "models.py", "progress.py",
                  "recipes.py", "training.py", "utils.py")  # fmt: skip
-CODE_HASH = "d7bae4e6bd9950b4"
+CODE_HASH = "8c02888022cf8dd1"
 
 
 class CheckpointError(RuntimeError):
@@ -330,6 +330,7 @@ MODELS = {
     # single-step training without the random step's overfitting (issue 15): the
     # schedule of fgsm_rs, so the two compare at equal cost
     "n_fgsm": lambda ds: dict(recipe="n_fgsm", epochs=20),
+    "grad_align": lambda ds: dict(recipe="grad_align", epochs=20),  # likewise
     # 20 steps of eps / 12 instead of the papers' 40 of eps / 30: half the cost
     "pgd": lambda ds: dict(recipe="pgd", attack_steps=20, alpha=ds.eps / 12),
     "trades": lambda ds: dict(recipe="trades", attack_steps=20, alpha=ds.eps / 12),

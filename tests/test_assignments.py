@@ -132,6 +132,31 @@ def test_markdown_solution_becomes_a_prompt():
     assert "Your answer" in student.cells[0].source
 
 
+def test_answer_keys_are_left_out_of_the_student_version():
+    nb = synthetic_notebook()
+    nb.cells += [nbformat.v4.new_markdown_cell("## Questions\n\n1. Why?"),
+                 code("print('1. because the secret')", "answer-key")]  # fmt: skip
+    student = assignments.student_version(nb)
+    assert "## Questions" in student.cells[-1].source
+    assert not any("because the secret" in c.source for c in student.cells)
+
+
+@pytest.mark.parametrize("path", runner.notebooks(), ids=lambda p: p.name)
+def test_real_notebooks_end_with_questions_and_their_answer_key(path):
+    """fastbook's questionnaire: questions before the exercises, answered by a cell
+    that prints what this run supports (from the notebook's variables)."""
+    cells = nbformat.read(path, as_version=4).cells
+    (q,) = [i for i, c in enumerate(cells) if c.source.startswith("## Questions")]
+    assert cells[q].cell_type == "markdown" and "1. " in cells[q].source
+    key = cells[q + 1]
+    assert key.cell_type == "code" and key.metadata.get("tags") == ["answer-key"]
+    assert "print(" in key.source and len(key.source.splitlines()) <= 15
+    headings = [
+        c.source.split("\n")[0] for c in cells[q + 2 :] if c.cell_type == "markdown"
+    ]
+    assert not [h for h in headings if h in ("## Results", "## Questions")]
+
+
 @pytest.mark.notebook
 def test_student_notebook_stops_at_the_first_stub_with_its_hint(tmp_path):
     import papermill as pm
@@ -177,9 +202,12 @@ def test_long_hints_are_wrapped_and_kept_whole():
 def test_real_notebooks_pair_each_solution_with_a_self_check(path):
     nb = nbformat.read(path, as_version=4)
     student = assignments.student_version(nb)
+    dropped = assignments.DROPPED_TAGS
+    kept = [c for c in nb.cells if not dropped & set(c.metadata.get("tags", []))]
+    assert len(kept) == len(student.cells)
     code_cells = [
         (cell, stubbed)
-        for cell, stubbed in zip(nb.cells, student.cells)
+        for cell, stubbed in zip(kept, student.cells)
         if cell.cell_type == "code"
     ]
     for k, (cell, stubbed) in enumerate(code_cells):

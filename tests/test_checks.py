@@ -70,6 +70,43 @@ def ce_pgd(model, x, y, eps):
     return attacks.pgd(model, x, y, eps=eps, alpha=eps / 4, steps=20)
 
 
+def accuracy(model, x, y, *, dim=1, grad=False):
+    with torch.set_grad_enabled(grad):
+        return (model(x).argmax(dim) == y).float().mean().item()
+
+
+def switches(mode):
+    def fn(model, x, y):
+        model.train(mode == "train")
+        return accuracy(model, x, y)
+
+    return fn
+
+
+def worst_case(model, x, y, attack_set, *, clean=True, every=True, over_all=True):
+    with torch.no_grad():
+        pred = model(x).argmax(1)
+    robust = pred == y if clean else torch.ones_like(y, dtype=torch.bool)
+    survived = [model(a(model, x, y)).argmax(1) == y for a in attack_set.values()]
+    together = torch.stack(survived).all(0) if every else torch.stack(survived).any(0)
+    robust = robust & together
+    return (
+        robust.float().mean() if over_all else robust[pred == y].float().mean()
+    ).item()
+
+
+def min_over_attacks(model, x, y, attack_set):
+    return min(accuracy(model, a(model, x, y), y) for a in attack_set.values())
+
+
+def changed_prediction(model, x, y, attack_set):
+    """The mistake: 'broken' means the prediction changed, not that it is wrong."""
+    with torch.no_grad():
+        pred = model(x).argmax(1)
+        same = [model(a(model, x, y)).argmax(1) == pred for a in attack_set.values()]
+    return torch.stack(same).all(0).float().mean().item()
+
+
 def verdict(capsys, check, *args, **kwargs):
     """(returned bool, the printed line)."""
     ok = check(*args, **kwargs)
@@ -102,6 +139,8 @@ def interval_linear(w, b, lower, upper, split=True, bias_in_radius=False, slack=
         (checks.check_bpda, StraightThrough),
         (checks.check_distillation_break, margin_pgd),
         (checks.check_interval_linear, interval_linear),
+        (checks.check_accuracy, accuracy),
+        (checks.check_worst_case, worst_case),
     ],
     ids=[
         "fgsm",
@@ -112,6 +151,8 @@ def interval_linear(w, b, lower, upper, split=True, bias_in_radius=False, slack=
         "bpda-module",
         "distill",
         "interval",
+        "accuracy",
+        "worst-case",
     ],  # fmt: skip
 )
 def test_reference_answers_pass_on_fresh_seeds(capsys, check, answer):
@@ -186,6 +227,42 @@ def test_projection_l2_and_an_already_wrapped_bpda_pass(capsys):
             lambda *a: interval_linear(*a, slack=-0.5),
             "not sound",
         ),
+        (checks.check_accuracy, lambda *a: 100 * accuracy(*a), "returned a percentage"),
+        (
+            checks.check_accuracy,
+            lambda *a: len(a[2]) * accuracy(*a),
+            "count of correct predictions",
+        ),
+        (checks.check_accuracy, lambda *a: 1 - accuracy(*a), "error rate 1 - accuracy"),
+        (
+            checks.check_accuracy,
+            lambda *a: accuracy(*a, dim=0),
+            "argmax over the wrong dimension",
+        ),
+        (checks.check_accuracy, switches("eval"), "switched the model to eval"),
+        (checks.check_accuracy, switches("train"), "switched the model to train"),
+        (checks.check_accuracy, lambda *a: accuracy(*a, grad=True), "torch.no_grad()"),
+        (
+            checks.check_worst_case,
+            min_over_attacks,
+            "minimum of the per-attack accuracies",
+        ),
+        (
+            checks.check_worst_case,
+            lambda *a: worst_case(*a, clean=False),
+            "forgot the clean mistakes",
+        ),
+        (
+            checks.check_worst_case,
+            lambda *a: worst_case(*a, over_all=False),
+            "forgot the clean mistakes",
+        ),
+        (checks.check_worst_case, changed_prediction, "forgot the clean mistakes"),
+        (
+            checks.check_worst_case,
+            lambda *a: worst_case(*a, every=False),
+            "AND over every attack",
+        ),
     ],
     ids=[
         "fgsm-sign",
@@ -202,6 +279,18 @@ def test_projection_l2_and_an_already_wrapped_bpda_pass(capsys):
         "interval-bias-widens",
         "interval-loose",
         "interval-unsound",
+        "accuracy-percent",
+        "accuracy-count",
+        "accuracy-error-rate",
+        "accuracy-argmax-dim0",
+        "accuracy-sets-eval",
+        "accuracy-sets-train",
+        "accuracy-no-grad",
+        "worst-min-of-accuracies",
+        "worst-no-clean",
+        "worst-over-clean-correct",
+        "worst-prediction-changed",
+        "worst-any-attack",
     ],
 )
 def test_typical_mistakes_fail_with_their_reason(capsys, check, answer, reason):

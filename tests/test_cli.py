@@ -42,11 +42,12 @@ def test_train_fills_the_entry_a_notebook_loads_and_evaluate_reads_it(
     out = tmp_path / "eval.json"
     done = run("robustkit.evaluate", "baseline", *TINY, "--n-test", "40", "--steps",
                "5", "--queries", "20", "--targets", "1", "--certify", "--no-progress",
-               "--out", str(out), cache=tmp_path)  # fmt: skip
+               "--precision", "bf16", "--out", str(out), cache=tmp_path)  # fmt: skip
     assert done.returncode == 0, done.stderr
     report = json.loads(out.read_text())
     assert report == json.loads(done.stdout)
     assert report["n_test"] == 40 and report["eps"] == pytest.approx(0.3)
+    assert report["precision"] == "bf16"
     assert 0 <= report["verified_accuracy"] <= report["robust_accuracy"]
     assert report["robust_accuracy"] <= report["clean_accuracy"] <= 1
 
@@ -72,6 +73,7 @@ def test_evaluate_names_the_train_command_for_a_model_it_does_not_have(tmp_path)
         (train.main, ["pgd", "--device", "tpu"], "tpu"),
         (evaluate.main, ["pgd", "--n-test", "0"], "--n-test 0: use 1 to 10,000"),
         (evaluate.main, ["pgd", "--eps", "2"], "--eps 2.0"),
+        (evaluate.main, ["pgd", "--precision", "int8"], "invalid choice: 'int8'"),
         (evaluate.main, ["pgd", "--targets", "10"], "--targets 10: use 1 to 9"),
         (evaluate.main, ["pgd", "--steps", "0"], "--steps 0"),
     ],

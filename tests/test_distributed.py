@@ -248,6 +248,7 @@ def test_a_checkpoint_of_a_wrapped_model_loads_into_the_bare_one(tmp_path, monke
     "overrides, message",
     [
         (dict(recipe="distillation"), "'distillation' does not run under torchrun"),
+        (dict(recipe="grad_align"), "'grad_align' does not run under torchrun"),
         (dict(batch_size=1), r"batch_size \(1 images"),
         (dict(n_train=129, batch_size=64), r"the last batch \(1 images"),
     ],

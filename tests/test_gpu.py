@@ -11,7 +11,7 @@ from functools import partial
 import pytest
 import torch
 
-from robustkit import attacks, data, evaluation, models, training, zoo
+from robustkit import attacks, data, evaluation, models, precision, training, zoo
 
 DEVICE = torch.device(os.environ.get("ROBUSTKIT_TEST_DEVICE", "cuda"))
 pytestmark = [
@@ -122,3 +122,19 @@ def test_shipped_models_load_onto_the_gpu():
     splits = data.load("mnist", n_train=0, n_test=1_000, device=DEVICE)
     loader = data.Batches(splits.x_test, splits.y_test, batch_size=500)
     assert evaluation.accuracy(model, loader) >= 0.98
+
+
+@pytest.mark.parametrize("name", ["baseline", "pgd", "trades"])
+def test_bf16_robust_accuracy_matches_float32_within_half_a_point(name):
+    """Issue 15's bar: PGD-20 on the full MNIST test set, a shipped model, float32
+    against `precision.autocast(model, "bf16")`: within 0.5 points."""
+    splits = data.load("mnist", n_train=0, device=DEVICE)
+    loader = data.Batches(splits.x_test, splits.y_test, batch_size=1_000)
+    net, _ = zoo.model(name, "mnist", device=DEVICE)
+    eps = 0.05 if name == "baseline" else 0.3
+    pgd = partial(attacks.pgd, eps=eps, alpha=2.5 * eps / 20, steps=20)
+    results = []
+    for model in (net, precision.autocast(net, "bf16")):
+        torch.manual_seed(0)
+        results.append(evaluation.robust_accuracy(model, loader, pgd, progress=False))
+    assert abs(results[0] - results[1]) <= 0.005, results

@@ -1,85 +1,33 @@
 """JupyterLab for real: a server on loopback in this environment opens every notebook
 through its REST API, runs notebook 00 cell by cell on one of its kernels over the
-websocket protocol, and serves the ipywidgets extension. Where headless Chromium is
-installed, a browser also loads JupyterLab and takes a screenshot."""
+websocket protocol, and serves the ipywidgets extension with robustkit's settings.
+A browser drives it in test_browser."""
 
 from __future__ import annotations
 
 import json
-import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 import uuid
 
+import labserver
 import pytest
 
 from robustkit.course import runner
 from robustkit.utils import ROOT
 
-TOKEN = uuid.uuid4().hex
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    port = free_port()
-    log = (tmp_path_factory.mktemp("lab") / "lab.log").open("w")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "jupyterlab",
-            "--no-browser",
-            "--ip=127.0.0.1",
-            f"--port={port}",
-            f"--IdentityProvider.token={TOKEN}",
-            f"--ServerApp.root_dir={ROOT}",
-            "--ServerApp.open_browser=False",
-            "--allow-root",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(120):
-        try:
-            get(base, "/api/status")
-            break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.terminate()
-        pytest.fail(f"JupyterLab did not start; see {log.name}")
-    yield base
-    proc.terminate()
-    proc.wait(timeout=20)
-
-
-def get(base: str, path: str, method: str = "GET", body: dict | None = None):
-    request = urllib.request.Request(
-        base + path,
-        method=method,
-        data=json.dumps(body).encode() if body else None,
-        headers={"Authorization": f"token {TOKEN}", "Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read() or b"null")
+    log = tmp_path_factory.mktemp("lab") / "lab.log"
+    with labserver.serve(ROOT, log) as server:
+        yield server
 
 
 def test_every_notebook_opens_through_the_rest_api(lab):
-    listing = get(lab, "/api/contents/notebooks")
+    listing = lab.get("/api/contents/notebooks")
     names = {item["name"] for item in listing["content"]}
     assert {nb.name for nb in runner.notebooks()} <= names
     for nb in runner.notebooks():
-        model = get(lab, f"/api/contents/notebooks/{nb.name}")
+        model = lab.get(f"/api/contents/notebooks/{nb.name}")
         assert model["type"] == "notebook" and model["content"]["cells"]
         assert any(
             "parameters" in c["metadata"].get("tags", [])
@@ -90,16 +38,19 @@ def test_every_notebook_opens_through_the_rest_api(lab):
 def test_the_ipywidgets_extension_is_served(lab):
     # the extension manager lists @jupyter-widgets/jupyterlab-manager under its
     # normalized name
-    names = {e["name"] for e in get(lab, "/lab/api/extensions")}
+    names = {e["name"] for e in lab.get("/lab/api/extensions")}
     assert "jupyter-widgets-jupyterlab-manager" in names
 
 
-async def run_cells(lab: str, kernel_id: str, cells: list[str]) -> list[str]:
+async def run_cells(lab: labserver.Lab, kernel_id: str, cells: list[str]) -> list[str]:
     """Execute `cells` in order on a kernel over the websocket protocol, as JupyterLab
     does; return what each printed (stdout and results). An error fails the test."""
     from tornado.websocket import websocket_connect
 
-    url = lab.replace("http", "ws") + f"/api/kernels/{kernel_id}/channels?token={TOKEN}"
+    url = (
+        lab.base.replace("http", "ws")
+        + f"/api/kernels/{kernel_id}/channels?token={lab.token}"
+    )
     ws = await websocket_connect(url)
     session, printed = uuid.uuid4().hex, []
     for number, code in enumerate(cells):
@@ -151,16 +102,16 @@ async def run_cells(lab: str, kernel_id: str, cells: list[str]) -> list[str]:
     return printed
 
 
-def run_on_new_kernel(lab: str, cells: list[str], timeout: int) -> list[str]:
+def run_on_new_kernel(lab: labserver.Lab, cells: list[str], timeout: int) -> list[str]:
     from tornado.ioloop import IOLoop
 
-    kernel = get(lab, "/api/kernels", "POST", {"name": "python3"})
+    kernel = lab.get("/api/kernels", "POST", {"name": "python3"})
     try:
         return IOLoop.current().run_sync(
             lambda: run_cells(lab, kernel["id"], cells), timeout=timeout
         )
     finally:
-        get(lab, f"/api/kernels/{kernel['id']}", "DELETE")
+        lab.get(f"/api/kernels/{kernel['id']}", "DELETE")
 
 
 def test_a_kernel_runs_robustkit_code_over_the_websocket(lab):
@@ -178,7 +129,7 @@ def test_a_notebook_runs_cell_by_cell_through_a_kernel(lab):
     cell after cell, with small parameters appended to its parameters cell (as
     papermill injects them)."""
     name = "00_setup_and_tour.ipynb"
-    nb = get(lab, f"/api/contents/notebooks/{name}")["content"]
+    nb = lab.get(f"/api/contents/notebooks/{name}")["content"]
     quick = runner.parameter_set(runner.NOTEBOOK_DIR / name, "quick")
     small = {**quick, "N_TRAIN": 1_000, "N_TEST": 200, "EPOCHS": 1}
     cells = []
@@ -194,31 +145,10 @@ def test_a_notebook_runs_cell_by_cell_through_a_kernel(lab):
     assert "test_accuracy" in printed[-1] and "n_train" in printed[-1]
 
 
-@pytest.mark.skipif(
-    shutil.which("chromium") is None,
-    reason="headless Chromium is not installed (Debian package chromium)",
-)
-def test_a_browser_loads_jupyterlab(lab, tmp_path):
-    shot = tmp_path / "lab.png"
-    subprocess.run(
-        [
-            "chromium",
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            f"--user-data-dir={tmp_path / 'profile'}",
-            f"--screenshot={shot}",
-            "--window-size=1280,800",
-            "--virtual-time-budget=15000",
-            f"{lab}/lab/tree/notebooks/01_adversarial_examples.ipynb?token={TOKEN}",
-        ],
-        check=True,
-        timeout=120,
-        capture_output=True,
-    )
-    assert shot.exists() and shot.stat().st_size > 10_000
+def test_saved_notebooks_keep_their_widget_state(lab):
+    """`make setup` installs robustkit's JupyterLab settings (saveState): a saved
+    notebook carries its widgets' state, so reopened it shows them, not "Error
+    displaying widget: model not found" (test_browser checks it in a browser)."""
+    plugin = "@jupyter-widgets/jupyterlab-manager:plugin"
+    schema = lab.get(f"/lab/api/settings/{plugin}")["schema"]  # overrides: defaults
+    assert schema["properties"]["saveState"]["default"] is True

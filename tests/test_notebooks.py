@@ -113,6 +113,43 @@ def test_notebook_is_clean_and_parameterized(path):
             )
 
 
+MAX_CELL_LINES = 15  # STYLE.md: one idea per screen
+
+
+def long_cells(nb) -> list[str]:
+    """Code cells over MAX_CELL_LINES lines, besides the three kinds a notebook
+    holds by design: its imports, its one parameters cell (a literal config block,
+    a line per parameter) and its results record (`results = {...}`, a key per
+    number the bars check, with the run's own asserts)."""
+    found = []
+    for k, cell in enumerate(nb.cells):
+        lines = cell.source.splitlines()
+        if cell.cell_type != "code" or len(lines) <= MAX_CELL_LINES:
+            continue
+        statements = ast.parse(cell.source).body
+        if (
+            "parameters" in cell.metadata.get("tags", [])
+            or all(isinstance(s, (ast.Import, ast.ImportFrom)) for s in statements)
+            or any(line.startswith("results = {") for line in lines)
+        ):
+            continue
+        found.append(f"cell {k} ({len(lines)} lines): {lines[0][:60]}")
+    return found
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_code_cells_fit_on_a_screen(path):
+    assert not long_cells(nbformat.read(path, as_version=4))
+
+
+def test_a_long_cell_is_found():
+    nb = nbformat.v4.new_notebook()
+    body = "\n".join(f"x{k} = {k}" for k in range(MAX_CELL_LINES + 1))
+    imports = "\n".join(f"import m{k}" for k in range(20))
+    nb.cells = [nbformat.v4.new_code_cell(src) for src in (imports, body, body[:20])]
+    assert long_cells(nb) == [f"cell 1 ({MAX_CELL_LINES + 1} lines): x0 = 0"]
+
+
 FRACTIONS = ("accuracy", "rate", "curve", "share", "robust")
 
 

@@ -86,6 +86,9 @@ def test_html_pages_render_offline_hide_solutions_and_say_what_ran(tmp_path):
     nb.cells.insert(
         2, nbformat.v4.new_code_cell(solution, metadata={"tags": ["solution"]})
     )
+    key = nbformat.v4.new_code_cell("print('1. the answer key')")
+    key.metadata["tags"] = ["answer-key"]
+    nb.cells.insert(3, key)
     source = ROOT / "notebooks" / "01_adversarial_examples.ipynb"
     quick = runner.parameter_set(source, "quick")
     nb.metadata["papermill"] = {
@@ -103,6 +106,7 @@ def test_html_pages_render_offline_hide_solutions_and_say_what_ran(tmp_path):
             "fashion_mnist, on cpu, finished 2026-12-01 23:50 UTC.")  # fmt: skip
     assert line in page and html_module.escape(line) in index.read_text()
     assert "the secret answer" not in page and "my_fgsm" not in page
+    assert "answer key" not in page
     scripts = re.findall(r'<script[^>]*src="([^"]*)"', page)
     assert scripts == [html.MATHJAX], scripts  # nothing from a CDN, no require.js
     assert (tmp_path / "site" / "mathjax" / "MathJax.js").exists()
@@ -110,6 +114,8 @@ def test_html_pages_render_offline_hide_solutions_and_say_what_ran(tmp_path):
     assert config.exists() and "$x^2$" in page
     nb.metadata["papermill"]["parameters"] = {}
     assert html.run_line(nb).startswith("Run with teaching defaults, on the default")
+    del nb.metadata["papermill"]["end_time"]
+    assert html.run_line(nb).endswith("finished at an unrecorded time.")
 
 
 def test_html_refuses_an_empty_folder(tmp_path):

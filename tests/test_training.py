@@ -262,3 +262,52 @@ def test_forced_catastrophic_overfitting_happens_and_is_caught_across_seeds():
         for seed in range(5)
     ]
     assert any(caught), caught
+
+
+# ------------------------------------------------------------------- GradAlign
+
+
+def test_gradient_misalignment_is_zero_where_the_loss_is_linear_in_direction():
+    """For a two-class linear model the input gradient of CE is always a positive
+    multiple of (w_y - w_other): aligned everywhere, whatever eps."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 2))
+    x, y = torch.rand(8, 1, 4, 4), torch.randint(0, 2, (8,))
+    assert recipes.gradient_misalignment(model, x, y, eps=0.3).item() < 1e-6
+
+
+def test_gradient_misalignment_of_a_relu_net_is_positive_and_trains(mlp, blobs):
+    x, y = blobs[0][:64], blobs[1][:64]
+    assert recipes.gradient_misalignment(mlp, x, y, eps=0.0).item() < 1e-6
+    reg = recipes.gradient_misalignment(mlp, x, y, eps=0.3)
+    assert 0 < reg.item() <= 2
+    reg.backward()  # double backpropagation reaches the weights
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in mlp.parameters())
+
+
+@pytest.mark.parametrize("align", [0.0, 0.5])
+def test_grad_align_is_fgsm_cross_entropy_plus_the_weighted_regularizer(
+    align, mlp, blobs
+):
+    x, y = blobs[0][:32], blobs[1][:32]
+    assert recipes.config("grad_align", dataset="mnist")["alpha"] == 0.3  # alpha = eps
+    cfg = recipes.config("grad_align", dataset="mnist", eps=0.2, alpha=0.2,
+                         eps_warmup=0, align=align)  # fmt: skip
+    assert cfg["attack_steps"] == 1
+    attack, objective = recipes.recipe_parts(cfg)
+    x_adv = attack(mlp, x, y)
+    fgsm = attacks.fgsm(mlp, x, y, eps=0.2)
+    torch.testing.assert_close(x_adv, fgsm)
+    with torch.random.fork_rng():
+        loss, logits = objective(mlp, x, x_adv, y)
+    ce = torch.nn.functional.cross_entropy(mlp(x_adv), y)
+    reg = recipes.gradient_misalignment(mlp, x, y, eps=0.2)  # the same eta draw
+    torch.testing.assert_close(loss, ce + align * reg)
+    torch.testing.assert_close(logits, mlp(x_adv))
+
+
+def test_grad_align_trains_through_fit(mlp, blobs):
+    cfg = recipes.config("grad_align", dataset="mnist", eps=0.1, epochs=2)
+    attack, objective = recipes.recipe_parts(cfg, steps_per_epoch=8)
+    history = train_blobs(mlp, blobs, epochs=2, attack=attack, objective=objective)
+    assert history[-1]["train_loss"] < history[0]["train_loss"]

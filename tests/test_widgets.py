@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from functools import partial
 
 import numpy as np
 import pytest
 import torch
 
-from robustkit import training, widgets
+from robustkit import defenses, training, widgets
 
 pytest.importorskip("ipywidgets")
 CLASSES = [str(k) for k in range(10)]
@@ -33,6 +34,7 @@ def test_attack_explorer_follows_its_controls(mlp, blobs):
     x, y = blobs[0][:4], blobs[1][:4]
     explorer = widgets.attack_explorer(mlp.eval(), x, y, CLASSES, live=False)
     assert set(explorer.controls) == {"index", "attack", "eps"}
+    explorer.controls["index"].value = 0
     clean = image(explorer.fig, 0)
     np.testing.assert_allclose(clean, x[0, 0].numpy(), atol=1e-6)
 
@@ -51,6 +53,49 @@ def test_attack_explorer_follows_its_controls(mlp, blobs):
     assert mlp.training is False
 
 
+class Fixed(torch.nn.Module):
+    """Scripted logits: class 0 for an input whose first pixel is 0, else class 1."""
+
+    def forward(self, x):
+        first = x.flatten(1)[:, :1]
+        return torch.cat([1 - 2 * first, 2 * first - 1], 1)
+
+
+def test_the_attack_explorer_opens_on_an_image_the_attack_fools():
+    x, y = torch.zeros(4, 1, 2, 2), torch.tensor([0, 1, 0, 0])  # image 1: wrong
+    x[:, 0, 1, 1] = torch.arange(4) / 10  # each image's id, which the model ignores
+    fools = {1, 2}  # the scripted attack fools image 2 (and "fools" wrong image 1)
+
+    def attack(model, x, y):
+        x_adv = x.clone()
+        hit = torch.tensor([round(10 * float(v)) in fools for v in x[:, 0, 1, 1]])
+        x_adv[hit, 0, 0, 0] = 1.0
+        return x_adv
+
+    assert widgets.first_success(Fixed(), attack, x, y) == 2
+    fools.discard(2)  # only the wrong image changes: the first image
+    assert widgets.first_success(Fixed(), attack, x, y) == 0
+    fools.add(3)
+    makers = {"scripted": lambda eps: attack}
+    explorer = widgets.attack_explorer(Fixed(), x, y, ["a", "b"], attacks=makers)
+    assert explorer.controls["index"].value == 3
+
+
+def test_controls_name_what_they_show():
+    longest = "a rather long attack name (margin loss)"
+    box = widgets.dropdown([longest, "FGSM"], "attack")
+    assert box.style.description_width == "initial"
+    assert f"{len(longest)}ch" in box.layout.width
+    assert widgets.describe(partial(defenses.jpeg, quality=50)) == "jpeg(quality=50)"
+    assert widgets.describe(partial(defenses.gaussian_blur, sigma=1.0)) == (
+        "gaussian_blur(sigma=1)"
+    )
+    assert widgets.describe(torch.sigmoid) == "sigmoid"
+    monitor = widgets.training_monitor("FGSM-RS, eps 0.3", live=False)
+    monitor(dict(epoch=1, train_loss=1.0, train_accuracy=0.5))
+    assert monitor.figure()._suptitle.get_text() == "FGSM-RS, eps 0.3: epoch 1"
+
+
 def test_attack_explorer_accepts_custom_attacks_and_builds_a_widget(mlp, blobs):
     x, y = blobs[0][:2], blobs[1][:2]
     calls = []
@@ -62,7 +107,8 @@ def test_attack_explorer_accepts_custom_attacks_and_builds_a_widget(mlp, blobs):
     explorer = widgets.attack_explorer(
         mlp.eval(), x, y, CLASSES, attacks={"brighten": make}, eps_max=0.2
     )
-    assert calls == [0.1] and explorer.controls["eps"].max == 0.2
+    # built once to find an image it fools, once to draw it
+    assert calls == [0.1, 0.1] and explorer.controls["eps"].max == 0.2
     box = explorer.widget()
     assert len(box.children) == 2  # the controls, then the figure's output area
     with pytest.raises(ValueError, match="eps_max"):

@@ -10,7 +10,9 @@ hint is the text of the cell's `# hint: ...` line(s). A markdown cell tagged
 `solution` becomes an answer prompt, with the text of its `hint: ...` lines.
 Cells tagged `self-check` (calls of `robustkit.course.checks`) stay as they are, so the
 learner can test what replaces the stub. Nothing else of a solution cell is
-copied. Outputs, execution counts and papermill metadata are stripped.
+copied. Cells tagged `answer-key` (the printed answers to a notebook's closing
+questions) are left out. Outputs, execution counts and papermill metadata are
+stripped.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from robustkit.utils import ROOT
 SOLUTION_TAG = "solution"
 EXERCISE_TAG = "exercise"  # what a solution cell's tag becomes in the student version
 SELF_CHECK_TAG = "self-check"
+ANSWER_KEY_TAG = "answer-key"  # the answers to the closing questions: instructors only
+DROPPED_TAGS = {"injected-parameters", ANSWER_KEY_TAG}
 GENERIC_HINT = "replace this line with your code, then run the self-check below"
 HEADER = "# Exercise: write the body, then run the self-check cell below."
 HINT_LINE = re.compile(r"^\s*#\s*hint:\s*(.*?)\s*$", re.IGNORECASE)
@@ -112,7 +116,7 @@ def student_version(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     """A copy of `nb` with solution cells stubbed and every output stripped."""
     nb = copy.deepcopy(nb)
     nb.cells = [
-        c for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])
+        c for c in nb.cells if not DROPPED_TAGS & set(c.metadata.get("tags", []))
     ]
     for cell in nb.cells:
         tags = cell.metadata.get("tags", [])

@@ -19,6 +19,7 @@ check exactly (the FAIL line names its seed).
 from __future__ import annotations
 
 import copy
+import numbers
 import random
 from collections.abc import Callable
 from functools import partial
@@ -27,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robustkit import attacks, training
+from robustkit import attacks, evaluation, training
 from robustkit.types import Model
 
 # (ok, message) from a check's body; the message explains a FAIL or details a PASS
@@ -161,6 +162,32 @@ def check_interval_linear(fn: Callable, *, seed: int | None = None) -> bool:
     instead of |W|, the bias added to the radius.
     """
     return _run("check_interval_linear", _interval_linear, fn, seed)
+
+
+def check_accuracy(fn: Callable, *, seed: int | None = None) -> bool:
+    """Check fn(model, x, y) -> the fraction of examples the model classifies
+    correctly, a float in [0, 1], against `evaluation.accuracy`.
+
+    The forward pass runs under torch.no_grad() and model.training stays as the
+    caller set it (the check calls fn in eval mode and in train mode). Typical
+    mistakes are named: a percentage, a count, the error rate, the argmax over the
+    wrong dimension, a mode switch.
+    """
+    return _run("check_accuracy", _accuracy, fn, seed)
+
+
+def check_worst_case(fn: Callable, *, seed: int | None = None) -> bool:
+    """Check fn(model, x, y, attack_set) -> the fraction of examples classified
+    correctly clean and under every attack (name -> attack(model, x, y) -> x_adv),
+    against `evaluation.worst_case`.
+
+    The check's attacks are scripted: each breaks its own examples, so the worst
+    case per example is below the weakest attack's accuracy; and they hand back
+    images classified correctly, or x unchanged, for examples wrong on clean x.
+    Typical mistakes are named: the minimum of the per-attack accuracies, the
+    clean mistakes forgotten, robust to one attack instead of every one.
+    """
+    return _run("check_worst_case", _worst_case, fn, seed)
 
 
 # ------------------------------------------------------------- shared machinery
@@ -658,3 +685,138 @@ def _interval_linear(fn: Callable, seed: int) -> Verdict:
             "interval arithmetic's W mu + b -+ |W| r"
         )
     return True, "matches certify.interval_bounds on a linear layer (and it is sound)"
+
+
+def _number(out) -> float | None:
+    """out as a float if it is a number or a one-element tensor, else None."""
+    if isinstance(out, Tensor) and out.numel() == 1:
+        return out.item()
+    return float(out) if isinstance(out, numbers.Real) else None
+
+
+def _named(out: list[float], ref: list[float], mistakes: dict) -> Verdict | None:
+    """None if out matches ref; else (False, why): the mistake (message -> lists of
+    the values it gives) that out matches, or the numbers."""
+    close = lambda a, b: all(  # noqa: E731
+        abs(u - v) <= 1e-5 * max(1.0, abs(v)) for u, v in zip(a, b)
+    )
+    if close(out, ref):
+        return None
+    for message, candidates in mistakes.items():
+        if any(close(out, values) for values in candidates):
+            return False, message
+    listed = lambda v: ", ".join(f"{a:.3f}" for a in v)  # noqa: E731
+    return False, f"returned {listed(out)}; expected {listed(ref)}"
+
+
+def _accuracy(fn: Callable, seed: int) -> Verdict:
+    model, x, _ = _problem(40)  # no dropout or batch norm: both modes agree
+    with torch.no_grad():
+        z = model(x)
+    # 6 to 9 right of each 10, so that a percentage, a count or the error rate
+    # cannot pass; the others get a label the model does not predict
+    right = torch.rand(4, 10).argsort(1) < torch.tensor([[6], [7], [8], [9]])
+    wrong = (z.argmax(1) + torch.randint(1, 10, (40,))) % 10
+    y = torch.where(right[torch.randperm(4)].flatten(), z.argmax(1), wrong)
+    grad_on = []
+    model.register_forward_pre_hook(lambda *_: grad_on.append(torch.is_grad_enabled()))
+    out, ref = [], []
+    batches = [slice(i, i + 10) for i in range(0, 40, 10)]  # N = 10 = K: dim 0 runs
+    for k, b in enumerate(batches):
+        model.train(k % 2 == 1)  # the caller's mode: eval, then train
+        mode = model.training
+        value = _number(fn(model, x[b], y[b]))
+        if model.training != mode:
+            return False, (
+                f"switched the model to {'train' if model.training else 'eval'} mode; "
+                "leave model.training as the caller set it"
+            )
+        if value is None:
+            return False, "returned no number; return a float in [0, 1]"
+        out.append(value)
+        ref.append(evaluation.accuracy(model, [(x[b], y[b])]))
+    dim0 = [(z[b].argmax(0) == y[b]).float().mean().item() for b in batches]
+    mistakes = {
+        "returned a percentage; accuracy is a fraction in [0, 1]": [
+            [100 * r for r in ref]
+        ],
+        "returned the count of correct predictions; divide by len(y)": [
+            [10 * r for r in ref]
+        ],
+        "returned the error rate 1 - accuracy; count pred == y": [[1 - r for r in ref]],
+        "argmax over the wrong dimension: logits are (N, K), the classes dim=1": [dim0],
+    }
+    verdict = _named(out, ref, mistakes)
+    if verdict:
+        return verdict
+    if any(grad_on):
+        return False, (
+            "ran the model with gradients enabled: wrap the forward pass in "
+            "torch.no_grad() (an evaluation needs no graph, which costs memory)"
+        )
+    return True, "matches evaluation.accuracy, under no_grad, model.training unchanged"
+
+
+def _worst_case(fn: Callable, seed: int) -> Verdict:
+    # the logits are the first 10 pixels: a scripted attack sets the prediction
+    model = nn.Sequential(nn.Flatten(), nn.Linear(36, 10, bias=False)).eval()
+    with torch.no_grad():
+        model[1].weight.copy_(torch.eye(10, 36))
+        x, ids = torch.rand(20, 1, 6, 6), torch.randperm(20)
+        y = model(x).argmax(1)
+    wrong, fixed = ids[:4], ids[:1]  # wrong on clean x; the attacks fix ids[0]
+    y[wrong] = (y[wrong] + torch.randint(1, 10, (4,))) % 10
+    attack_set = {  # each breaks its own examples: 8 of the 16 right survive all
+        f"attack {name}": partial(_scripted, x, y, ids[4 + lo : 4 + hi], fixed)
+        for name, lo, hi in [("A", 0, 4), ("B", 2, 6), ("C", 6, 8)]
+    }
+    out = _number(fn(model, x.clone(), y.clone(), attack_set))
+    if out is None:
+        return False, "returned no number; return a float in [0, 1]"
+    ref = evaluation.worst_case(
+        model, [(x, y)], attack_set, independent=True, progress=False
+    )
+    with torch.no_grad():
+        pred = model(x).argmax(1)
+        adv = torch.stack(
+            [model(a(model, x, y)).argmax(1) for a in attack_set.values()]
+        )
+    clean, under = pred == y, adv == y
+    mean = lambda t: t.float().mean().item()  # noqa: E731
+    mistakes = {
+        "took the minimum of the per-attack accuracies; the worst case is per "
+        "example: robust means that no attack breaks it": [
+            [min(map(mean, under))],
+            [min(mean(clean & u) for u in under)],
+        ],
+        "forgot the clean mistakes: an example wrong on x is never robust, whatever "
+        "the attacks return; start from pred(x) == y, over all N examples": [
+            [mean(under.all(0))],
+            [mean((adv == pred).all(0))],
+            [mean(under.all(0)[clean])],
+        ],
+        "robust to one attack is not robust: AND over every attack, not OR": [
+            [mean(clean & under.any(0))]
+        ],
+    }
+    verdict = _named([out], [ref.robust_accuracy], mistakes)
+    if verdict:
+        return verdict
+    return True, (
+        f"matches evaluation.worst_case: {ref.robust_accuracy:.2f} survive every "
+        f"attack, where the strongest alone leaves {min(ref.per_attack.values()):.2f}"
+    )
+
+
+def _scripted(x_all, y_all, breaks, fixes, model, x, y) -> Tensor:
+    """A scripted attack: the examples `breaks` get a wrong prediction, `fixes` the
+    right one, the others come back unchanged. It finds each row of x in x_all by
+    the pixels it never changes, so it works on any subset, in any order."""
+    found = (x.flatten(1)[:, None, 10:] == x_all.flatten(1)[None, :, 10:]).all(-1)
+    idx = found.int().argmax(1)
+    fix = torch.isin(idx, fixes)
+    move = torch.isin(idx, breaks) | fix
+    target = torch.where(fix, y_all[idx], (y_all[idx] + 1) % 10)
+    x_adv = x.clone().flatten(1)
+    x_adv[move, :10] = F.one_hot(target[move], 10).to(x.dtype)
+    return x_adv.view_as(x)

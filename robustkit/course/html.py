@@ -5,12 +5,13 @@
 
 Pages are rendered by nbconvert's HTML exporter with every image embedded, and
 MathJax copied beside them (from jupyter-server-mathjax), so the folder renders
-offline, copied or served as is. Solution cells (tagged `solution`) are left out:
-the site is for students. Every page and the index say which parameters ran
-(teaching defaults, the quick set, or what was changed), on which dataset and
-device, and when. Live widgets need a kernel, so widget views are dropped from the
-pages (an explorer keeps the static figure it shows without a frontend). A results
-JSON beside a notebook is copied and linked from the index.
+offline, copied or served as is. Solution cells (tagged `solution`) and answer
+keys (tagged `answer-key`) are left out: the site is for students. Every page and
+the index say which parameters ran (teaching defaults, the quick set, or what was
+changed), on which dataset and device, and when. Live widgets need a kernel, so
+widget views are dropped from the pages (an explorer keeps the static figure it
+shows without a frontend). A results JSON beside a notebook is copied and linked
+from the index. MathJax is told to use the fonts its local copy has (STIX-Web).
 """
 
 from __future__ import annotations
@@ -24,10 +25,18 @@ from pathlib import Path
 
 import nbformat
 
+from robustkit.course.assignments import ANSWER_KEY_TAG, SOLUTION_TAG
 from robustkit.course.runner import OUTPUT_DIR, parameter_set
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 MATHJAX = "mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full,Safe"  # local copy
+# The local copy has only the STIX-Web fonts: without this, MathJax asks for its TeX
+# fonts, which are not there, and shows "[Math Processing Error]" for some symbols.
+MATHJAX_FONTS = """<script type="text/x-mathjax-config">
+MathJax.Hub.Config({"HTML-CSS": {availableFonts: [], preferredFont: null,
+                                 webFont: "STIX-Web", imageFont: null}});
+</script>
+"""
 
 
 def title(nb: nbformat.NotebookNode, default: str) -> str:
@@ -77,14 +86,15 @@ def run_line(nb: nbformat.NotebookNode, results: dict | None = None) -> str:
     provenance = (results or {}).get("provenance") or {}
     dataset = provenance.get("dataset") or given.get("DATASET", "the default dataset")
     device = provenance.get("device", "an unrecorded device")
-    when = (run.get("end_time") or "an unrecorded time")[:16].replace("T", " ")
-    return f"Run with {which}, on {dataset}, on {device}, finished {when} UTC."
+    end = run.get("end_time")
+    when = f"{end[:16].replace('T', ' ')} UTC" if end else "at an unrecorded time"
+    return f"Run with {which}, on {dataset}, on {device}, finished {when}."
 
 
 def render(
     notebook: str | Path, out_dir: str | Path, results: dict | None = None
 ) -> tuple[Path, str]:
-    """Write `notebook` as `out_dir/<stem>.html`, solution cells left out and the
+    """Write `notebook` as `out_dir/<stem>.html`, solutions and answers left out, the
     run line (`run_line`) on top; return the page and its title."""
     from nbconvert import HTMLExporter  # heavy import, only for the site
     from nbconvert.preprocessors import TagRemovePreprocessor
@@ -96,13 +106,17 @@ def render(
     nb.cells.insert(0, nbformat.v4.new_markdown_cell(f"*{line}*"))
     exporter = HTMLExporter(template_name="lab", embed_images=True, mathjax_url=MATHJAX)
     exporter.register_preprocessor(
-        TagRemovePreprocessor(remove_cell_tags={"solution"}), enabled=True
+        TagRemovePreprocessor(remove_cell_tags={SOLUTION_TAG, ANSWER_KEY_TAG}),
+        enabled=True,
     )
     body, _ = exporter.from_notebook_node(
         nb, resources={"metadata": {"name": page_title}}
     )
     # require.js only serves live widgets, which the pages do not have: no CDN
     body = body.replace(f'<script src="{exporter.require_js_url}"></script>', "")
+    body = body.replace(
+        f'<script src="{MATHJAX}"', MATHJAX_FONTS + f'<script src="{MATHJAX}"'
+    )
     page = out_dir / f"{notebook.stem}.html"
     page.write_text(body, encoding="utf-8")
     return page, page_title
