@@ -210,14 +210,25 @@ def explorer_with(page, control: str):
     return box.first
 
 
+def ran(browser, lab, shots, name: str, timeout_s: int = 300):
+    """Notebook `name` opened and run in a new page, checked clean; the page."""
+    page = open_notebook(browser, lab, name)
+    run_all(page, shots, name, timeout_s=timeout_s)
+    assert_clean(page, "after Run All")
+    return page
+
+
+def explorer_ready(page, control: str):
+    """The explorer with a dropdown `control`, its labels checked; it, its figure."""
+    explorer = explorer_with(page, control)
+    assert_labels_fit(explorer)
+    return explorer, figure_of(explorer)
+
+
 def test_the_attack_explorer_responds_to_eps_and_attack(browser, lab, shots):
     name = "01_adversarial_examples.ipynb"
-    page = open_notebook(browser, lab, name)
-    run_all(page, shots, name, timeout_s=300)
-    assert_clean(page, "after Run All")
-    explorer = explorer_with(page, "attack")
-    assert_labels_fit(explorer)
-    first = figure_of(explorer)
+    page = ran(browser, lab, shots, name)
+    explorer, first = explorer_ready(page, "attack")
     explorer.screenshot(path=str(shots / "01-explorer-opened.png"))
     set_slider(explorer, "eps", 0.25)
     second = wait_for_new_figure(page, explorer, first, "setting eps to 0.25")
@@ -232,12 +243,8 @@ def test_the_attack_explorer_responds_to_eps_and_attack(browser, lab, shots):
 
 def test_the_defense_explorer_responds_to_transform_and_strength(browser, lab, shots):
     name = "05_input_transformations.ipynb"
-    page = open_notebook(browser, lab, name)
-    run_all(page, shots, name, timeout_s=300)
-    assert_clean(page, "after Run All")
-    explorer = explorer_with(page, "transform")
-    assert_labels_fit(explorer)
-    first = figure_of(explorer)
+    page = ran(browser, lab, shots, name)
+    explorer, first = explorer_ready(page, "transform")
     meaning = explorer.locator(".widget-label", has_text=re.compile(r"strength \d"))
     assert "strength 0.50" in meaning.inner_text()
     explorer.locator("select").select_option(index=1)
@@ -251,11 +258,9 @@ def test_the_defense_explorer_responds_to_transform_and_strength(browser, lab, s
 
 def test_adversarial_training_runs_with_live_monitors(browser, lab, shots):
     name = "03_adversarial_training.ipynb"
-    page = open_notebook(browser, lab, name)
     started = time.monotonic()
-    run_all(page, shots, name, timeout_s=900)
-    print(f"03 ran in the browser in {time.monotonic() - started:.0f} s")
-    assert_clean(page, "after Run All")
+    page = ran(browser, lab, shots, name, timeout_s=900)
+    print(f"03 opened and ran in the browser in {time.monotonic() - started:.0f} s")
     page.screenshot(path=str(shots / "03-ran.png"), full_page=True)
     save_close_reopen(browser, page, lab, name, shots).close()
 
